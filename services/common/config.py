@@ -1,0 +1,182 @@
+"""Configuration: `config.yaml` at the repository root, overridden by environment variables.
+
+`WINTRAIN__SECTION__KEY=value` overrides `section.key` (value parsed as a YAML scalar);
+`WINTRAIN_CONFIG` names another file. Relative paths in the file are relative to the file's
+folder. Start-up fails fast: `ConfigError` names the bad key and value.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
+ENV_PREFIX = "WINTRAIN__"
+SERVICE_NAMES = ("data", "train", "inference", "eval", "export")
+
+
+class ConfigError(ValueError):
+    """A missing or invalid setting; the message names the key and the value."""
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _set_dotted(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+# Expected type of each leaf that is checked. Keys absent here are free-form.
+_INT_KEYS = {
+    "api.port", "dataset.max_length", "dataset.max_row_bytes", "dataset.max_errors",
+    "inference.max_new_tokens_cap", "inference.max_batch_prompts", "inference.batch_size",
+    "inference.cache_max_models", "inference.cache_max_bytes", "inference.max_concurrent",
+    "inference.max_queue", "train.max_concurrent", "eval.max_length", "api.max_body_bytes",
+    "server.max_message_bytes",
+} | {f"services.{name}.port" for name in SERVICE_NAMES}
+_POSITIVE_NUMBER_KEYS = {
+    "api.default_deadline_seconds", "server.grace_seconds", "train.cancel_grace_seconds",
+    "export.parity_tolerance",
+}
+_BOOL_KEYS = {"inference.auto_load", "model.safetensors_only", "model.trust_remote_code"}
+_CHOICES = {
+    "model.device": {"auto", "cpu", "cuda"},
+    "logging.level": {"DEBUG", "INFO", "WARNING", "ERROR"},
+}
+_PORT_KEYS = {"api.port"} | {f"services.{name}.port" for name in SERVICE_NAMES}
+
+
+class Config:
+    """Validated settings. `get("a.b.c")` reads any key; properties name the common ones."""
+
+    def __init__(self, data: Mapping[str, Any], base_dir: Path):
+        self._data = copy.deepcopy(dict(data))
+        self.base_dir = base_dir
+        self._validate()
+
+    # -- access -------------------------------------------------------------
+    def get(self, dotted: str, default: Any = None) -> Any:
+        node: Any = self._data
+        for key in dotted.split("."):
+            if not isinstance(node, Mapping) or key not in node:
+                return default
+            node = node[key]
+        return node
+
+    def require(self, dotted: str) -> Any:
+        value = self.get(dotted)
+        if value is None:
+            raise ConfigError(f"config: {dotted} is required but not set")
+        return value
+
+    def as_dict(self) -> dict:
+        return copy.deepcopy(self._data)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+        """A copy with dotted keys replaced (tests use it to bind port 0, set a workspace…)."""
+        data = self.as_dict()
+        for dotted, value in overrides.items():
+            _set_dotted(data, dotted.split("."), value)
+        return Config(data, self.base_dir)
+
+    def path(self, dotted: str) -> Path:
+        """A configured path, absolute (relative ones are relative to the config file)."""
+        value = self.require(dotted)
+        p = Path(os.path.expanduser(str(value)))
+        return (p if p.is_absolute() else self.base_dir / p).resolve()
+
+    @property
+    def workspace(self) -> Path:
+        return self.path("storage.workspace")
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        roots = self.get("storage.allowed_roots") or []
+        out = []
+        for root in roots:
+            p = Path(os.path.expanduser(str(root)))
+            out.append((p if p.is_absolute() else self.workspace / p).resolve())
+        return out or [self.workspace]
+
+    @property
+    def base_model_path(self) -> Path:
+        return self.path("model.base_model_path")
+
+    def service_address(self, name: str) -> str:
+        return f"{self.get(f'services.{name}.host')}:{self.get(f'services.{name}.port')}"
+
+    # -- validation ---------------------------------------------------------
+    def _validate(self) -> None:
+        for name in SERVICE_NAMES:
+            for leaf in ("host", "port"):
+                if self.get(f"services.{name}.{leaf}") is None:
+                    raise ConfigError(f"config: services.{name}.{leaf} is required but not set")
+        for key in sorted(_INT_KEYS):
+            value = self.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"config: {key} must be a non-negative integer, got {value!r}")
+        for key in sorted(_PORT_KEYS):
+            value = self.get(key)
+            if value is not None and value > 65535:
+                raise ConfigError(f"config: {key} must be a port number (0-65535), got {value!r}")
+        for key in sorted(_POSITIVE_NUMBER_KEYS):
+            value = self.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"config: {key} must be a number > 0, got {value!r}")
+        for key in sorted(_BOOL_KEYS):
+            value = self.get(key)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"config: {key} must be true or false, got {value!r}")
+        for key, choices in _CHOICES.items():
+            value = self.get(key)
+            if value is not None and value not in choices:
+                raise ConfigError(f"config: {key} must be one of {sorted(choices)}, got {value!r}")
+        roots = self.get("storage.allowed_roots")
+        if roots is not None and not isinstance(roots, list):
+            raise ConfigError(f"config: storage.allowed_roots must be a list of paths, got {roots!r}")
+        if not self.get("storage.workspace"):
+            raise ConfigError("config: storage.workspace is required but not set")
+        if not self.get("model.base_model_path"):
+            raise ConfigError("config: model.base_model_path is required but not set")
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config file and apply `WINTRAIN__…` overrides. Raises ConfigError."""
+    env = os.environ if env is None else env
+    path = Path(path or env.get("WINTRAIN_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping at the top level")
+    for name, raw in env.items():
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+            if keys:
+                _set_dotted(data, keys, _parse_env_value(raw))
+    return Config(data, path.resolve().parent)

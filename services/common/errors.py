@@ -1,0 +1,73 @@
+"""Domain errors. Plain exceptions with a canonical gRPC code name; no grpc import here.
+
+Domain code raises these; the server bootstrap turns them into a `google.rpc.Status` with the
+canonical code and, for bad input, a `BadRequest` with one field violation per wrong field.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class. `code` is a canonical gRPC status name such as "NOT_FOUND"."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, field_violations: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field_violations: list[tuple[str, str]] = list(field_violations or [])
+
+
+class InvalidArgument(ServiceError):
+    code = "INVALID_ARGUMENT"
+
+    @classmethod
+    def for_field(cls, field: str, description: str) -> "InvalidArgument":
+        """One wrong field: message `field: description`, with that one violation."""
+        return cls(f"{field}: {description}", [(field, description)])
+
+    @classmethod
+    def for_fields(cls, violations: list[tuple[str, str]]) -> "InvalidArgument":
+        """Several wrong fields at once, all reported."""
+        message = "; ".join(f"{field}: {description}" for field, description in violations)
+        return cls(message, violations)
+
+
+class NotFound(ServiceError):
+    code = "NOT_FOUND"
+
+
+class PermissionDenied(ServiceError):
+    code = "PERMISSION_DENIED"
+
+
+class FailedPrecondition(ServiceError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(ServiceError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class AlreadyExists(ServiceError):
+    code = "ALREADY_EXISTS"
+
+
+class Unavailable(ServiceError):
+    code = "UNAVAILABLE"
+
+
+class Unimplemented(ServiceError):
+    code = "UNIMPLEMENTED"
+
+
+class Unauthenticated(ServiceError):
+    code = "UNAUTHENTICATED"
+
+
+class Cancelled(ServiceError):
+    code = "CANCELLED"
+
+
+class DeadlineExceeded(ServiceError):
+    code = "DEADLINE_EXCEEDED"

@@ -1,0 +1,47 @@
+"""Apply the documented defaults declared in the protos (`wintrain.api.v1.default_value`).
+
+Servers call `apply_defaults(request)` first thing, so gRPC clients and HTTP clients get the
+same defaults, and the OpenAPI document shows the same values.
+"""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+import services  # noqa: F401  (makes the generated `wintrain` package importable)
+from wintrain.api.v1 import options_pb2
+
+
+def field_default(field: FieldDescriptor):
+    """The declared default of a field as a Python value, or None."""
+    opts = field.GetOptions()
+    if not opts.HasExtension(options_pb2.default_value):
+        return None
+    raw = opts.Extensions[options_pb2.default_value]
+    return json.loads(raw) if raw else None
+
+
+def apply_defaults(message: Message) -> Message:
+    """Fill unset optional fields (and empty repeated ones) that declare a default, in
+    `message` and in every sub-message that is set. Returns the same message."""
+    for field in message.DESCRIPTOR.fields:
+        default = field_default(field)
+        is_repeated = field.is_repeated
+        if is_repeated:
+            values = getattr(message, field.name)
+            if default is not None and len(values) == 0 and field.message_type is None:
+                values.extend(default)
+            elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+                for item in values:
+                    apply_defaults(item)
+            continue
+        if field.message_type is not None:
+            if message.HasField(field.name):
+                apply_defaults(getattr(message, field.name))
+            continue
+        if default is not None and field.has_presence and not message.HasField(field.name):
+            setattr(message, field.name, default)
+    return message

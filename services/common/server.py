@@ -1,0 +1,297 @@
+"""The one gRPC server bootstrap every service uses.
+
+`create_server` builds a `grpc.aio` server with health, reflection and the interceptor
+(request id, one log line per call, domain errors to rich status, unexpected exceptions to a
+safe INTERNAL). `serve` runs it until SIGTERM/SIGINT, then drains: health NOT_SERVING, stop
+accepting, give in-flight calls `server.grace_seconds`, run the service's shutdown hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import Config
+from services.common.errors import ServiceError
+from services.common.logging_setup import new_request_id, request_id_var, setup_logging
+
+log = logging.getLogger("wintrain.server")
+
+REQUEST_ID_KEY = "x-request-id"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def rich_status(code_name: str, message: str, field_violations: Iterable[tuple[str, str]] = ()) -> status_pb2.Status:
+    """A google.rpc.Status; bad-request violations go into a BadRequest detail."""
+    status = status_pb2.Status(code=getattr(code_pb2, code_name), message=message)
+    violations = list(field_violations)
+    if violations:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+        ]))
+        status.details.append(detail)
+    return status
+
+
+async def abort_with_error(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    """End the call with the error's canonical code, message and field violations."""
+    status = rich_status(error.code, error.message, error.field_violations)
+    await context.abort(
+        grpc.StatusCode[error.code], error.message,
+        trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
+    )
+
+
+def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            return item.value if isinstance(item.value, str) else item.value.decode()
+    return ""
+
+
+# A check run before each guarded call: raise a ServiceError to refuse it (auth lives here).
+CallGuard = Callable[[str, grpc.aio.ServicerContext], None]
+
+
+class RuntimeInterceptor(grpc.aio.ServerInterceptor):
+    """Request id, per-call logging, and error translation for every RPC."""
+
+    def __init__(self, guards: list[CallGuard] | None = None, observers: list[Callable[[str, str, float], None]] | None = None):
+        self.guards = guards or []
+        self.observers = observers or []
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _begin(self, method: str, context) -> str:
+        rid = _metadata_value(context, REQUEST_ID_KEY) or new_request_id()
+        request_id_var.set(rid)
+        await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+        if not method.startswith(_UNGUARDED_PREFIXES):
+            for guard in self.guards:
+                guard(method, context)
+        return rid
+
+    def _finish(self, method: str, code: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        level = logging.INFO if code in ("OK", "CANCELLED") else logging.WARNING
+        if not method.startswith("/grpc.health.v1.Health/"):
+            log.log(level, "rpc", extra={"method": method, "code": code, "duration_ms": round(elapsed * 1000, 2)})
+        for observer in self.observers:
+            observer(method, code, elapsed)
+
+    async def _handle_error(self, method: str, context, exc: BaseException) -> str:
+        if isinstance(exc, ServiceError):
+            await abort_with_error(context, exc)
+        log.error("unhandled exception in %s", method, exc_info=exc)
+        rid = request_id_var.get()
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
+        return "INTERNAL"  # not reached: abort raises
+
+    def _wrap_unary(self, method: str, behavior):
+        async def wrapper(request, context):
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                await self._begin(method, context)
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = _code_name(context)
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except ServiceError as exc:
+                code = exc.code
+                await self._handle_error(method, context, exc)
+            except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are caught
+                code = "INTERNAL"
+                await self._handle_error(method, context, exc)
+            finally:
+                self._finish(method, code, started)
+        return wrapper
+
+    def _wrap_stream(self, method: str, behavior):
+        async def wrapper(request, context):
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                await self._begin(method, context)
+                result = behavior(request, context)
+                if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:
+                    await result
+            except grpc.aio.AbortError:
+                code = _code_name(context)
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except ServiceError as exc:
+                code = exc.code
+                await self._handle_error(method, context, exc)
+            except Exception as exc:  # noqa: BLE001
+                code = "INTERNAL"
+                await self._handle_error(method, context, exc)
+            finally:
+                self._finish(method, code, started)
+        return wrapper
+
+
+def _code_name(context) -> str:
+    try:
+        code = context.code()
+        return code.name if code is not None else "UNKNOWN"
+    except Exception:  # noqa: BLE001
+        return "UNKNOWN"
+
+
+@dataclass
+class ServiceRuntime:
+    """What a service's `register` function gets: the server, its config, health control,
+    and hooks to run on shutdown."""
+
+    name: str
+    config: Config
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    service_names: list[str] = field(default_factory=list)
+    ready_later: bool = False
+    shutdown_hooks: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+    port: int = 0
+
+    async def set_serving(self, serving: bool = True) -> None:
+        state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", state)
+        for name in self.service_names:
+            await self.health.set(name, state)
+
+    def on_shutdown(self, hook: Callable[[], Awaitable[None] | None]) -> None:
+        self.shutdown_hooks.append(hook)
+
+    async def start(self) -> None:
+        await self.server.start()
+        if not self.ready_later:
+            await self.set_serving(True)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, stop accepting, let in-flight calls finish, run hooks."""
+        grace = float(self.config.get("server.grace_seconds", 10)) if grace is None else grace
+        await self.set_serving(False)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for hook in reversed(self.shutdown_hooks):
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
+
+
+# A service module provides: register(runtime) -> list of full service names it added.
+Register = Callable[[ServiceRuntime], list[str]]
+
+
+def create_server(
+    config: Config,
+    name: str,
+    register: Register,
+    *,
+    port: int | None = None,
+    host: str | None = None,
+    guards: list[CallGuard] | None = None,
+) -> tuple[ServiceRuntime, int]:
+    """Build (not start) the server of service `name`. `port=0` binds a free port (tests).
+    Returns the runtime and the bound port."""
+    max_bytes = int(config.get("server.max_message_bytes", 64 * 1024 * 1024))
+    server = grpc.aio.server(
+        interceptors=[RuntimeInterceptor(guards=guards)],
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    runtime = ServiceRuntime(name=name, config=config, server=server, health=health_servicer)
+    runtime.service_names = list(register(runtime))
+    reflection.enable_server_reflection(
+        [*runtime.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    bind_host = host or config.get(f"services.{name}.host", "127.0.0.1")
+    bind_port = config.get(f"services.{name}.port") if port is None else port
+    bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
+    if bound == 0:
+        raise OSError(f"services.{name}: cannot bind {bind_host}:{bind_port}")
+    runtime.port = bound
+    return runtime, bound
+
+
+async def serve(config: Config, name: str, register: Register) -> None:
+    """Run service `name` until SIGTERM or SIGINT, then drain and return."""
+    runtime, port = create_server(config, name, register)
+    await runtime.start()
+    log.info("serving", extra={"port": port, "services": ",".join(runtime.service_names)})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining", extra={"grace_seconds": config.get("server.grace_seconds")})
+    await runtime.stop()
+    log.info("stopped")
+
+
+def run_service(name: str, register: Register) -> None:
+    """Entry point of `python -m services.<name>`: config (fail fast), logging, serve."""
+    import sys
+
+    from services.common.config import ConfigError, load_config
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"wintrain-{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    setup_logging(name, str(config.get("logging.level", "INFO")))
+    try:
+        asyncio.run(serve(config, name, register))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(1) from exc
+
+
+def service_full_name(module: Any, service: str) -> str:
+    """Full proto name of a service from a generated *_pb2 module."""
+    return module.DESCRIPTOR.services_by_name[service].full_name

@@ -1,0 +1,131 @@
+"""Helpers for tests: configs on a temporary workspace, in-process gRPC servers on free ports,
+and real service processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from services.common.config import REPO_ROOT, Config, load_config
+from services.common.server import Register, create_server
+
+PYTHON = sys.executable
+
+
+def make_config(workspace: Path, base_model: Path, **overrides: Any) -> Config:
+    """Repository config with a temporary workspace, the test tiny model as base, and every
+    service on port 0."""
+    values = {
+        "storage.workspace": str(workspace),
+        "storage.allowed_roots": [str(workspace)],
+        "model.base_model_path": str(base_model),
+        "inference.auto_load": False,
+        "server.grace_seconds": 2,
+    }
+    for name in ("data", "train", "inference", "eval", "export"):
+        values[f"services.{name}.port"] = 0
+    values.update(overrides)
+    workspace.mkdir(parents=True, exist_ok=True)
+    return load_config(REPO_ROOT / "config.yaml", env={}).with_overrides(values)
+
+
+class InProcessServer:
+    """A real grpc.aio server of one service, on a free port, run by an event loop in a
+    background thread. Use it as a context manager; `channel()` gives a sync channel."""
+
+    def __init__(self, config: Config, name: str, register: Register):
+        self.config, self.name, self.register = config, name, register
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.runtime = None
+        self.port = 0
+        self._channels: list[grpc.Channel] = []
+
+    def call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> "InProcessServer":
+        self.thread.start()
+
+        async def start():
+            runtime, port = create_server(self.config, self.name, self.register, port=0)
+            await runtime.start()
+            return runtime, port
+
+        self.runtime, self.port = self.call(start())
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def channel(self) -> grpc.Channel:
+        ch = grpc.insecure_channel(self.address)
+        self._channels.append(ch)
+        return ch
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self.runtime is not None:
+            self.call(self.runtime.stop(grace))
+            self.runtime = None
+
+    def __exit__(self, *exc) -> None:
+        for ch in self._channels:
+            ch.close()
+        try:
+            self.stop()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_env(config_overrides: dict[str, Any]) -> dict[str, str]:
+    """Environment for a real service process with `WINTRAIN__…` overrides."""
+    import json
+
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    for dotted, value in config_overrides.items():
+        key = "WINTRAIN__" + "__".join(part.upper() for part in dotted.split("."))
+        env[key] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def wait_for_health(address: str, timeout: float = 60.0, service: str = "") -> None:
+    """Block until the gRPC health check at `address` answers SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            try:
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as exc:
+                last = exc
+            time.sleep(0.2)
+    raise TimeoutError(f"{address} not SERVING after {timeout}s ({last})")
+
+
+def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process by the caller
+    return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
