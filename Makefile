@@ -1,0 +1,55 @@
+# Win-Train. `make run` starts everything; `make test` runs the whole suite.
+# Both install into .venv first when needed (idempotent).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKSPACE ?= var
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install protos model run test test-fast lint-protos tools bench demo clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# Regenerate the gRPC stubs from protos/ (never edit them by hand).
+protos: install
+	$(PY) -m services.common.protogen
+
+# Build the embedded tiny model and seed the workspace datasets (skipped when present).
+model: install
+	$(PY) -m services.common.tiny_model --workspace $(WORKSPACE)
+
+run: install model
+	$(PY) -m services.common.launcher
+
+# buf (proto lint) from the npm registry, into .cache/node; skipped when npm is absent.
+tools:
+	@if [ ! -x .cache/node/node_modules/.bin/buf ] && command -v npm >/dev/null; then \
+		mkdir -p .cache/node && cd .cache/node && npm install --no-save --silent @bufbuild/buf@1.75.0 >/dev/null; fi
+
+lint-protos: install tools
+	$(PY) -m services.common.buf_lint
+
+test: install tools
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
+
+bench: install model
+	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+demo: install model
+	$(PY) -m cli.demo
+
+clean:
+	rm -rf .cache build *.egg-info

@@ -1,0 +1,91 @@
+"""Start the real processes the way `make run` does and check every health endpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.common.config import REPO_ROOT, SERVICE_NAMES
+from tests.support import free_port, service_env
+
+pytestmark = pytest.mark.e2e
+
+EXPECTED_SERVICE = {
+    "data": "wintrain.data.v1.DataService",
+    "train": "wintrain.train.v1.TrainService",
+    "inference": "wintrain.inference.v1.InferenceService",
+    "eval": "wintrain.eval.v1.EvalService",
+    "export": "wintrain.export.v1.ExportService",
+}
+
+
+def _list_services(address: str) -> set[str]:
+    with grpc.insecure_channel(address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                              timeout=5)
+        return {s.name for r in responses for s in r.list_services_response.service}
+
+
+def test_make_run_topology_starts_serves_and_stops_cleanly(tmp_path, tiny_model_dir):
+    ports = {name: free_port() for name in SERVICE_NAMES}
+    api_port = free_port()
+    overrides = {f"services.{n}.port": p for n, p in ports.items()}
+    overrides.update({"api.port": api_port, "storage.workspace": str(tmp_path / "ws"),
+                      "model.base_model_path": str(tiny_model_dir), "inference.auto_load": True,
+                      "server.grace_seconds": 3})
+    proc = subprocess.Popen([sys.executable, "-m", "services.common.launcher", "--log-dir", str(tmp_path / "logs"),
+                             "--timeout", "240"],
+                            cwd=REPO_ROOT, env=service_env(overrides), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Win-Train is up" in line:
+                break
+        assert any("Win-Train is up" in l for l in lines), "".join(lines) + _logs(tmp_path)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= len(SERVICE_NAMES) + 1
+
+        for name, port in ports.items():
+            address = f"127.0.0.1:{port}"
+            with grpc.insecure_channel(address) as ch:
+                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING, name
+            assert EXPECTED_SERVICE[name] in _list_services(address)
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/health", timeout=10) as resp:
+            body = json.loads(resp.read())
+        assert resp.status == 200 and body["status"] == "healthy"
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        gone, alive = psutil.wait_procs(children, timeout=20)
+        assert not alive, f"orphans left: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+
+
+def _logs(tmp_path) -> str:
+    out = []
+    for log in sorted((tmp_path / "logs").glob("*.log")):
+        out.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
+    return "\n".join(out)
