@@ -33,6 +33,7 @@ def make_config(workspace: Path, base_model: Path, **overrides: Any) -> Config:
     }
     for name in ("data", "train", "inference", "eval", "export"):
         values[f"services.{name}.port"] = 0
+        values[f"services.{name}.metrics_port"] = None
     values.update(overrides)
     workspace.mkdir(parents=True, exist_ok=True)
     return load_config(REPO_ROOT / "config.yaml", env={}).with_overrides(values)

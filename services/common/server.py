@@ -9,12 +9,15 @@ accepting, give in-flight calls `server.grace_seconds`, run the service's shutdo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
+
+from pathlib import Path
 
 import grpc
 from google.protobuf import any_pb2
@@ -23,7 +26,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import Config
-from services.common.errors import ServiceError
+from services.common.auth import check_bind_allowed, grpc_auth_guard, load_api_keys
+from services.common.errors import ServiceError, Unavailable
+from services.common.metrics import RPC_STREAMS_OPEN, rpc_observer, start_metrics_server
 from services.common.logging_setup import new_request_id, request_id_var, setup_logging
 
 log = logging.getLogger("wintrain.server")
@@ -69,9 +74,19 @@ CallGuard = Callable[[str, grpc.aio.ServicerContext], None]
 class RuntimeInterceptor(grpc.aio.ServerInterceptor):
     """Request id, per-call logging, and error translation for every RPC."""
 
-    def __init__(self, guards: list[CallGuard] | None = None, observers: list[Callable[[str, str, float], None]] | None = None):
+    def __init__(self, guards: list[CallGuard] | None = None,
+                 observers: list[Callable[[str, str, float], None]] | None = None,
+                 service: str = ""):
         self.guards = guards or []
         self.observers = observers or []
+        self.service = service
+        # Set when draining starts: open streams end at once with UNAVAILABLE.
+        self.shutting_down: asyncio.Event | None = None
+
+    def _shutdown_event(self) -> asyncio.Event:
+        if self.shutting_down is None:
+            self.shutting_down = asyncio.Event()
+        return self.shutting_down
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -140,6 +155,35 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 self._finish(method, code, started)
         return wrapper
 
+    async def _until_shutdown(self, stream, method: str):
+        """Relay `stream`, but end it with UNAVAILABLE as soon as the server starts draining."""
+        stop = self._shutdown_event()
+        iterator = stream.__aiter__()
+        stop_wait = asyncio.ensure_future(stop.wait())
+        gauge = RPC_STREAMS_OPEN.labels(self.service, method.rsplit("/", 1)[-1])
+        gauge.inc()
+        try:
+            while True:
+                next_item = asyncio.ensure_future(iterator.__anext__())
+                await asyncio.wait({next_item, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if next_item.done():
+                    try:
+                        item = next_item.result()
+                    except StopAsyncIteration:
+                        return
+                    yield item
+                    continue
+                next_item.cancel()
+                with contextlib.suppress(BaseException):
+                    await next_item
+                raise Unavailable("the service is shutting down; reconnect to continue")
+        finally:
+            gauge.dec()
+            stop_wait.cancel()
+            if hasattr(iterator, "aclose"):
+                with contextlib.suppress(BaseException):
+                    await iterator.aclose()
+
     def _wrap_stream(self, method: str, behavior):
         async def wrapper(request, context):
             started = time.perf_counter()
@@ -148,7 +192,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 await self._begin(method, context)
                 result = behavior(request, context)
                 if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
-                    async for item in result:
+                    async for item in self._until_shutdown(result, method):
                         yield item
                 else:
                     await result
@@ -190,6 +234,7 @@ class ServiceRuntime:
     ready_later: bool = False
     shutdown_hooks: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
     port: int = 0
+    interceptor: RuntimeInterceptor | None = None
 
     async def set_serving(self, serving: bool = True) -> None:
         state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -209,6 +254,8 @@ class ServiceRuntime:
         """Drain: NOT_SERVING, stop accepting, let in-flight calls finish, run hooks."""
         grace = float(self.config.get("server.grace_seconds", 10)) if grace is None else grace
         await self.set_serving(False)
+        if self.interceptor is not None:
+            self.interceptor._shutdown_event().set()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         for hook in reversed(self.shutdown_hooks):
@@ -231,10 +278,16 @@ def create_server(
     guards: list[CallGuard] | None = None,
 ) -> tuple[ServiceRuntime, int]:
     """Build (not start) the server of service `name`. `port=0` binds a free port (tests).
-    Returns the runtime and the bound port."""
+    Returns the runtime and the bound port. Raises ConfigError when asked to listen on a
+    public address with no API keys, OSError when the port cannot be bound."""
+    bind_host = host or config.get(f"services.{name}.host", "127.0.0.1")
+    keys = load_api_keys(config)
+    check_bind_allowed(bind_host, f"services.{name}.host", config, keys)
     max_bytes = int(config.get("server.max_message_bytes", 64 * 1024 * 1024))
+    interceptor = RuntimeInterceptor(guards=[grpc_auth_guard(keys), *(guards or [])],
+                                     observers=[rpc_observer(name)], service=name)
     server = grpc.aio.server(
-        interceptors=[RuntimeInterceptor(guards=guards)],
+        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -243,15 +296,20 @@ def create_server(
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    runtime = ServiceRuntime(name=name, config=config, server=server, health=health_servicer)
+    runtime = ServiceRuntime(name=name, config=config, server=server, health=health_servicer,
+                             interceptor=interceptor)
     runtime.service_names = list(register(runtime))
     reflection.enable_server_reflection(
         [*runtime.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    bind_host = host or config.get(f"services.{name}.host", "127.0.0.1")
     bind_port = config.get(f"services.{name}.port") if port is None else port
-    bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
+    cert, key = config.get("tls.cert_file"), config.get("tls.key_file")
+    if cert and key:
+        credentials = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])
+        bound = server.add_secure_port(f"{bind_host}:{bind_port}", credentials)
+    else:
+        bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
     if bound == 0:
         raise OSError(f"services.{name}: cannot bind {bind_host}:{bind_port}")
     runtime.port = bound
@@ -262,7 +320,10 @@ async def serve(config: Config, name: str, register: Register) -> None:
     """Run service `name` until SIGTERM or SIGINT, then drain and return."""
     runtime, port = create_server(config, name, register)
     await runtime.start()
-    log.info("serving", extra={"port": port, "services": ",".join(runtime.service_names)})
+    metrics_port = start_metrics_server(config.get(f"services.{name}.metrics_port"),
+                                        config.get(f"services.{name}.host", "127.0.0.1"))
+    log.info("serving", extra={"port": port, "metrics_port": metrics_port,
+                                "services": ",".join(runtime.service_names)})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -287,6 +348,9 @@ def run_service(name: str, register: Register) -> None:
     setup_logging(name, str(config.get("logging.level", "INFO")))
     try:
         asyncio.run(serve(config, name, register))
+    except ConfigError as exc:
+        print(f"wintrain-{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
     except OSError as exc:
         log.error("cannot start: %s", exc)
         raise SystemExit(1) from exc

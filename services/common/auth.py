@@ -1,0 +1,99 @@
+"""API keys for the gateway and every gRPC service, and the refusal to listen publicly
+without them.
+
+Keys come from `auth.api_keys` (config or WINTRAIN__AUTH__API_KEYS), the environment variable
+WINTRAIN_API_KEYS (comma-separated) and `auth.api_keys_file` (one key per line). When any key
+is set, HTTP needs `Authorization: Bearer <key>` and gRPC the same value in `authorization`
+metadata. Health checks stay open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from pathlib import Path
+
+from services.common.config import Config, ConfigError
+from services.common.errors import Unauthenticated
+
+
+def load_api_keys(config: Config, env: dict | None = None) -> list[str]:
+    env = os.environ if env is None else env
+    keys: list[str] = []
+    configured = config.get("auth.api_keys") or []
+    if isinstance(configured, str):
+        configured = configured.split(",")
+    keys.extend(str(k) for k in configured)
+    keys.extend(env.get("WINTRAIN_API_KEYS", "").split(","))
+    key_file = config.get("auth.api_keys_file")
+    if key_file:
+        path = Path(key_file)
+        path = path if path.is_absolute() else config.base_dir / path
+        try:
+            keys.extend(path.read_text(encoding="utf-8").splitlines())
+        except OSError as exc:
+            raise ConfigError(f"config: auth.api_keys_file {key_file!r} cannot be read: {exc.strerror}") from exc
+    return [k.strip() for k in keys if k and k.strip()]
+
+
+def key_matches(presented: str, keys: list[str]) -> bool:
+    """Constant-time comparison against every configured key."""
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(presented.encode(), key.encode())
+    return ok
+
+
+def check_bearer(header_value: str, keys: list[str]) -> None:
+    """Raise Unauthenticated unless `header_value` is `Bearer <one of keys>`."""
+    if not keys:
+        return
+    scheme, _, token = (header_value or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+    if not key_matches(token.strip(), keys):
+        raise Unauthenticated("invalid API key")
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_allowed(host: str, setting: str, config: Config, keys: list[str]) -> None:
+    """Refuse a non-loopback bind with no API keys unless `auth.allow_insecure_public`."""
+    if is_loopback(host) or keys or config.get("auth.allow_insecure_public", False):
+        return
+    raise ConfigError(
+        f"config: {setting}={host!r} is not a loopback address and no API keys are configured. "
+        "Set auth.api_keys (or WINTRAIN_API_KEYS, or auth.api_keys_file) to require keys, "
+        "or set auth.allow_insecure_public=true (WINTRAIN__AUTH__ALLOW_INSECURE_PUBLIC=true) to "
+        "listen without authentication."
+    )
+
+
+def grpc_auth_guard(keys: list[str]):
+    """A server CallGuard that checks `authorization` metadata."""
+
+    def guard(method: str, context) -> None:
+        if not keys:
+            return
+        value = ""
+        for item in context.invocation_metadata() or ():
+            if item.key == "authorization":
+                value = item.value if isinstance(item.value, str) else item.value.decode()
+        check_bearer(value, keys)
+
+    return guard
+
+
+def client_metadata(config: Config) -> tuple[tuple[str, str], ...]:
+    """Metadata a client inside the deployment (CLI, launcher) sends: the first key, or
+    WINTRAIN_API_KEY."""
+    key = os.environ.get("WINTRAIN_API_KEY") or next(iter(load_api_keys(config)), "")
+    return (("authorization", f"Bearer {key}"),) if key else ()
