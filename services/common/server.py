@@ -162,6 +162,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         stop_wait = asyncio.ensure_future(stop.wait())
         gauge = RPC_STREAMS_OPEN.labels(self.service, method.rsplit("/", 1)[-1])
         gauge.inc()
+        next_item: asyncio.Future | None = None
         try:
             while True:
                 next_item = asyncio.ensure_future(iterator.__anext__())
@@ -180,6 +181,11 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         finally:
             gauge.dec()
             stop_wait.cancel()
+            if next_item is not None and not next_item.done():
+                # The call was cancelled (client gone) while the handler was working: stop it now.
+                next_item.cancel()
+                with contextlib.suppress(BaseException):
+                    await next_item
             if hasattr(iterator, "aclose"):
                 with contextlib.suppress(BaseException):
                     await iterator.aclose()
@@ -246,9 +252,9 @@ class ServiceRuntime:
         self.shutdown_hooks.append(hook)
 
     async def start(self) -> None:
+        # A service that gets ready later (e.g. loading a model) must not look SERVING before.
+        await self.set_serving(not self.ready_later)
         await self.server.start()
-        if not self.ready_later:
-            await self.set_serving(True)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, stop accepting, let in-flight calls finish, run hooks."""

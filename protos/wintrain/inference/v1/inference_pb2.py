@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from wintrain.api.v1 import options_pb2 as wintrain_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%wintrain/inference/v1/inference.proto\x12\x15wintrain.inference.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dwintrain/api/v1/options.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd4\x03\n\x0b\x43hatRequest\x12\x17\n\nmodel_path\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".wintrain.inference.v1.ChatMessage\x12 \n\nmax_tokens\x18\x03 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x35\x31\x32H\x01\x88\x01\x01\x12!\n\x0btemperature\x18\x04 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.7H\x02\x88\x01\x01\x12\x1b\n\x05top_p\x18\x05 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x03\x88\x01\x01\x12\x1a\n\x05top_k\x18\x06 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x32\x30H\x04\x88\x01\x01\x12\x0e\n\x06stream\x18\x07 \x01(\x08\x12\'\n\x0f\x65nable_thinking\x18\x08 \x01(\x08\x42\t\xaa\xb6\x18\x05\x66\x61lseH\x05\x88\x01\x01\x12(\n\x12repetition_penalty\x18\t \x01(\x01\x42\x07\xaa\xb6\x18\x03\x31.0H\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x07\x88\x01\x01\x42\r\n\x0b_model_pathB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x12\n\x10_enable_thinkingB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x8c\x01\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x18\n\x10thinking_content\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12+\n\x05usage\x18\x04 \x01(\x0b\x32\x1c.wintrain.inference.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\"~\n\x12\x43hatStreamResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x1a\n\rfinish_reason\x18\x02 \x01(\tH\x00\x88\x01\x01\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.wintrain.inference.v1.UsageB\x10\n\x0e_finish_reason\"\x94\x02\n\x0c\x42\x61tchRequest\x12\x17\n\nmodel_path\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07prompts\x18\x02 \x03(\t\x12 \n\nmax_tokens\x18\x03 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x35\x31\x32H\x01\x88\x01\x01\x12!\n\x0btemperature\x18\x04 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.7H\x02\x88\x01\x01\x12\x1b\n\x05top_p\x18\x05 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x03\x88\x01\x01\x12\x1a\n\x05top_k\x18\x06 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x32\x30H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x05\x88\x01\x01\x42\r\n\x0b_model_pathB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"e\n\rBatchResponse\x12\x0f\n\x07results\x18\x01 \x03(\t\x12\x16\n\x0e\x66inish_reasons\x18\x02 \x03(\t\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.wintrain.inference.v1.Usage\"\xb0\x01\n\tModelInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x17\n\x0f\x62\x61se_model_path\x18\x03 \x01(\t\x12\x12\n\nparameters\x18\x04 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x11\n\tlast_used\x18\x06 \x01(\t\x12\x12\n\nis_default\x18\x07 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\r\n\x05\x64type\x18\t \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .wintrain.inference.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10LoadModelRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\"(\n\x12UnloadModelRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\">\n\x13UnloadModelResponse\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\x32\xd4\x06\n\x10InferenceService\x12z\n\x04\x43hat\x12\".wintrain.inference.v1.ChatRequest\x1a#.wintrain.inference.v1.ChatResponse\")\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x18\"\x13/api/inference/chat:\x01*\x12\x8f\x01\n\nChatStream\x12\".wintrain.inference.v1.ChatRequest\x1a).wintrain.inference.v1.ChatStreamResponse\"0\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/inference/chat/stream:\x01*0\x01\x12\x93\x01\n\x05\x42\x61tch\x12#.wintrain.inference.v1.BatchRequest\x1a$.wintrain.inference.v1.BatchResponse\"?\x8a\xb5\x18\x11\n\x0f\x42\x61tch generated\x91\xb5\x18\x00\x00\x00\x00\x00 \x9c@\x82\xd3\xe4\x93\x02\x19\"\x14/api/inference/batch:\x01*\x12\x80\x01\n\nListModels\x12(.wintrain.inference.v1.ListModelsRequest\x1a).wintrain.inference.v1.ListModelsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/inference/models\x12\x88\x01\n\tLoadModel\x12\'.wintrain.inference.v1.LoadModelRequest\x1a .wintrain.inference.v1.ModelInfo\"0\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/inference/models/load:\x01*\x12\x8d\x01\n\x0bUnloadModel\x12).wintrain.inference.v1.UnloadModelRequest\x1a*.wintrain.inference.v1.UnloadModelResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/inference/models/unload:\x01*B@\n\x19\x63om.wintrain.inference.v1P\x01Z!wintrain/inference/v1;inferencev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%wintrain/inference/v1/inference.proto\x12\x15wintrain.inference.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dwintrain/api/v1/options.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x83\x04\n\x0b\x43hatRequest\x12\x17\n\nmodel_path\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".wintrain.inference.v1.ChatMessage\x12 \n\nmax_tokens\x18\x03 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x35\x31\x32H\x01\x88\x01\x01\x12!\n\x0btemperature\x18\x04 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.7H\x02\x88\x01\x01\x12\x1b\n\x05top_p\x18\x05 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x03\x88\x01\x01\x12\x1a\n\x05top_k\x18\x06 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x32\x30H\x04\x88\x01\x01\x12\x0e\n\x06stream\x18\x07 \x01(\x08\x12\'\n\x0f\x65nable_thinking\x18\x08 \x01(\x08\x42\t\xaa\xb6\x18\x05\x66\x61lseH\x05\x88\x01\x01\x12(\n\x12repetition_penalty\x18\t \x01(\x01\x42\x07\xaa\xb6\x18\x03\x31.0H\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x07\x88\x01\x01\x12\x1e\n\nmin_tokens\x18\x0c \x01(\x05\x42\x05\xaa\xb6\x18\x01\x30H\x08\x88\x01\x01\x42\r\n\x0b_model_pathB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x12\n\x10_enable_thinkingB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_min_tokens\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x8c\x01\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x18\n\x10thinking_content\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12+\n\x05usage\x18\x04 \x01(\x0b\x32\x1c.wintrain.inference.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\"~\n\x12\x43hatStreamResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x1a\n\rfinish_reason\x18\x02 \x01(\tH\x00\x88\x01\x01\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.wintrain.inference.v1.UsageB\x10\n\x0e_finish_reason\"\xc3\x02\n\x0c\x42\x61tchRequest\x12\x17\n\nmodel_path\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07prompts\x18\x02 \x03(\t\x12 \n\nmax_tokens\x18\x03 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x35\x31\x32H\x01\x88\x01\x01\x12!\n\x0btemperature\x18\x04 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.7H\x02\x88\x01\x01\x12\x1b\n\x05top_p\x18\x05 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x03\x88\x01\x01\x12\x1a\n\x05top_k\x18\x06 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x32\x30H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x05\x88\x01\x01\x12\x1e\n\nmin_tokens\x18\x08 \x01(\x05\x42\x05\xaa\xb6\x18\x01\x30H\x06\x88\x01\x01\x42\r\n\x0b_model_pathB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\r\n\x0b_min_tokens\"e\n\rBatchResponse\x12\x0f\n\x07results\x18\x01 \x03(\t\x12\x16\n\x0e\x66inish_reasons\x18\x02 \x03(\t\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.wintrain.inference.v1.Usage\"\xb0\x01\n\tModelInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x17\n\x0f\x62\x61se_model_path\x18\x03 \x01(\t\x12\x12\n\nparameters\x18\x04 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x11\n\tlast_used\x18\x06 \x01(\t\x12\x12\n\nis_default\x18\x07 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\r\n\x05\x64type\x18\t \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .wintrain.inference.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10LoadModelRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\"(\n\x12UnloadModelRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\">\n\x13UnloadModelResponse\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\x32\xd4\x06\n\x10InferenceService\x12z\n\x04\x43hat\x12\".wintrain.inference.v1.ChatRequest\x1a#.wintrain.inference.v1.ChatResponse\")\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x18\"\x13/api/inference/chat:\x01*\x12\x8f\x01\n\nChatStream\x12\".wintrain.inference.v1.ChatRequest\x1a).wintrain.inference.v1.ChatStreamResponse\"0\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/inference/chat/stream:\x01*0\x01\x12\x93\x01\n\x05\x42\x61tch\x12#.wintrain.inference.v1.BatchRequest\x1a$.wintrain.inference.v1.BatchResponse\"?\x8a\xb5\x18\x11\n\x0f\x42\x61tch generated\x91\xb5\x18\x00\x00\x00\x00\x00 \x9c@\x82\xd3\xe4\x93\x02\x19\"\x14/api/inference/batch:\x01*\x12\x80\x01\n\nListModels\x12(.wintrain.inference.v1.ListModelsRequest\x1a).wintrain.inference.v1.ListModelsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/inference/models\x12\x88\x01\n\tLoadModel\x12\'.wintrain.inference.v1.LoadModelRequest\x1a .wintrain.inference.v1.ModelInfo\"0\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/inference/models/load:\x01*\x12\x8d\x01\n\x0bUnloadModel\x12).wintrain.inference.v1.UnloadModelRequest\x1a*.wintrain.inference.v1.UnloadModelResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/inference/models/unload:\x01*B@\n\x19\x63om.wintrain.inference.v1P\x01Z!wintrain/inference/v1;inferencev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATREQUEST'].fields_by_name['enable_thinking']._serialized_options = b'\252\266\030\005false'
   _globals['_CHATREQUEST'].fields_by_name['repetition_penalty']._loaded_options = None
   _globals['_CHATREQUEST'].fields_by_name['repetition_penalty']._serialized_options = b'\252\266\030\0031.0'
+  _globals['_CHATREQUEST'].fields_by_name['min_tokens']._loaded_options = None
+  _globals['_CHATREQUEST'].fields_by_name['min_tokens']._serialized_options = b'\252\266\030\0010'
   _globals['_BATCHREQUEST'].fields_by_name['max_tokens']._loaded_options = None
   _globals['_BATCHREQUEST'].fields_by_name['max_tokens']._serialized_options = b'\252\266\030\003512'
   _globals['_BATCHREQUEST'].fields_by_name['temperature']._loaded_options = None
@@ -54,6 +56,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHREQUEST'].fields_by_name['top_p']._serialized_options = b'\252\266\030\0030.8'
   _globals['_BATCHREQUEST'].fields_by_name['top_k']._loaded_options = None
   _globals['_BATCHREQUEST'].fields_by_name['top_k']._serialized_options = b'\252\266\030\00220'
+  _globals['_BATCHREQUEST'].fields_by_name['min_tokens']._loaded_options = None
+  _globals['_BATCHREQUEST'].fields_by_name['min_tokens']._serialized_options = b'\252\266\030\0010'
   _globals['_INFERENCESERVICE'].methods_by_name['Chat']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['Chat']._serialized_options = b'\221\265\030\000\000\000\000\000\300\202@\202\323\344\223\002\030\"\023/api/inference/chat:\001*'
   _globals['_INFERENCESERVICE'].methods_by_name['ChatStream']._loaded_options = None
@@ -69,29 +73,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=125
   _globals['_CHATMESSAGE']._serialized_end=169
   _globals['_CHATREQUEST']._serialized_start=172
-  _globals['_CHATREQUEST']._serialized_end=640
-  _globals['_USAGE']._serialized_start=642
-  _globals['_USAGE']._serialized_end=721
-  _globals['_CHATRESPONSE']._serialized_start=724
-  _globals['_CHATRESPONSE']._serialized_end=864
-  _globals['_CHATSTREAMRESPONSE']._serialized_start=866
-  _globals['_CHATSTREAMRESPONSE']._serialized_end=992
-  _globals['_BATCHREQUEST']._serialized_start=995
-  _globals['_BATCHREQUEST']._serialized_end=1271
-  _globals['_BATCHRESPONSE']._serialized_start=1273
-  _globals['_BATCHRESPONSE']._serialized_end=1374
-  _globals['_MODELINFO']._serialized_start=1377
-  _globals['_MODELINFO']._serialized_end=1553
-  _globals['_LISTMODELSREQUEST']._serialized_start=1555
-  _globals['_LISTMODELSREQUEST']._serialized_end=1613
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1615
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1710
-  _globals['_LOADMODELREQUEST']._serialized_start=1712
-  _globals['_LOADMODELREQUEST']._serialized_end=1750
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1752
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1792
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1794
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1856
-  _globals['_INFERENCESERVICE']._serialized_start=1859
-  _globals['_INFERENCESERVICE']._serialized_end=2711
+  _globals['_CHATREQUEST']._serialized_end=687
+  _globals['_USAGE']._serialized_start=689
+  _globals['_USAGE']._serialized_end=768
+  _globals['_CHATRESPONSE']._serialized_start=771
+  _globals['_CHATRESPONSE']._serialized_end=911
+  _globals['_CHATSTREAMRESPONSE']._serialized_start=913
+  _globals['_CHATSTREAMRESPONSE']._serialized_end=1039
+  _globals['_BATCHREQUEST']._serialized_start=1042
+  _globals['_BATCHREQUEST']._serialized_end=1365
+  _globals['_BATCHRESPONSE']._serialized_start=1367
+  _globals['_BATCHRESPONSE']._serialized_end=1468
+  _globals['_MODELINFO']._serialized_start=1471
+  _globals['_MODELINFO']._serialized_end=1647
+  _globals['_LISTMODELSREQUEST']._serialized_start=1649
+  _globals['_LISTMODELSREQUEST']._serialized_end=1707
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1709
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1804
+  _globals['_LOADMODELREQUEST']._serialized_start=1806
+  _globals['_LOADMODELREQUEST']._serialized_end=1844
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1846
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1886
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1888
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1950
+  _globals['_INFERENCESERVICE']._serialized_start=1953
+  _globals['_INFERENCESERVICE']._serialized_end=2805
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,1 @@
+"""InferenceService: model registry (LRU, LoRA adapters), KV-cached streaming, batches."""
