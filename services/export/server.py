@@ -1,0 +1,135 @@
+"""ExportService: a thin servicer over `services.export.exporter`.
+
+The request is checked here (format, opset, every path through the path policy), then the
+export and its proof run in a worker thread, one export at a time (`export.max_concurrent`),
+with at most `export.max_queue` waiting (RESOURCE_EXHAUSTED beyond). When the client goes
+away the worker stops at its next phase boundary and cleans up; the slot is freed only when
+the worker has really ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+
+from services.common.config import Config, ConfigError
+from services.common.errors import ResourceExhausted
+from services.common.paths import display_path, resolve_allowed_path
+from services.common.proto_defaults import apply_defaults
+from services.common.server import ServiceRuntime, service_full_name
+from services.export.exporter import (
+    ExportResult,
+    ExportSpec,
+    is_onnx_file_path,
+    normalize_format,
+    run_export,
+    validate_options,
+)
+from services.export.parity import ParityResult
+from wintrain.export.v1 import export_pb2, export_pb2_grpc
+
+log = logging.getLogger("wintrain.export")
+
+
+def _int_setting(config: Config, key: str, default: int, minimum: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"config: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class ExportServicer(export_pb2_grpc.ExportServiceServicer):
+    def __init__(self, config: Config):
+        self.config = config
+        self.max_concurrent = _int_setting(config, "export.max_concurrent", 1, 1)
+        self.max_queue = _int_setting(config, "export.max_queue", 4, 0)
+        _int_setting(config, "export.parity_new_tokens", 16, 1)
+        self._slots: asyncio.Semaphore | None = None
+        self._waiting = 0
+
+    def spec_from_request(self, request: export_pb2.ExportOnnxRequest) -> ExportSpec:
+        """Check a request and resolve its paths. Raises InvalidArgument, PermissionDenied,
+        NotFound."""
+        apply_defaults(request)
+        cfg = self.config
+        fmt = normalize_format(request.export_format)
+        validate_options(fmt, request.opset_version, request.quantize, request.output_path)
+        output = resolve_allowed_path(request.output_path, cfg, field="output_path",
+                                      expect="file" if is_onnx_file_path(request.output_path) else "dir")
+        if request.model_path.strip():
+            model = resolve_allowed_path(request.model_path, cfg, field="model_path", must_exist=True, expect="dir")
+        else:  # like chat and eval: no model named means the configured base model
+            model = cfg.base_model_path
+        adapter = None
+        if request.HasField("lora_adapter_path") and request.lora_adapter_path.strip():
+            adapter = resolve_allowed_path(request.lora_adapter_path, cfg, field="lora_adapter_path",
+                                           must_exist=True, expect="dir")
+        return ExportSpec(model_path=model, output_path=output, export_format=fmt, opset=request.opset_version,
+                          lora_adapter_path=adapter, quantize=request.quantize, overwrite=request.overwrite)
+
+    async def ExportOnnx(self, request, context):
+        spec = self.spec_from_request(request)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        if self._slots.locked() and self._waiting >= self.max_queue:
+            raise ResourceExhausted(
+                f"{self.max_concurrent} export(s) running and {self._waiting} waiting "
+                "(export.max_concurrent / export.max_queue); try again later")
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        cancel = threading.Event()
+        ctx = contextvars.copy_context()  # keeps the request id on the worker's log lines
+        loop = asyncio.get_running_loop()
+        worker = loop.run_in_executor(None, ctx.run, run_export, spec, self.config, cancel)
+        slots = self._slots
+        worker.add_done_callback(lambda _f: slots.release())
+        try:
+            result = await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            cancel.set()
+            log.info("export stopping: the client went away", extra={"output_path": str(spec.output_path)})
+            worker.add_done_callback(_consume_exception)
+            raise
+        return self.to_proto(result)
+
+    def to_proto(self, result: ExportResult) -> export_pb2.ExportOnnxResponse:
+        cfg = self.config
+        resp = export_pb2.ExportOnnxResponse(
+            success=True,
+            message=result.message,
+            export_path=display_path(result.export_path, cfg),
+            file_size=result.total_size,
+            export_format=result.export_format,
+            opset_version=result.opset,
+            parity=_parity_proto(result.parity),
+            files=[export_pb2.ExportedFile(path=display_path(p, cfg), size_bytes=size) for p, size in result.files],
+            export_time=result.export_time,
+        )
+        if result.quantized_path is not None and result.quantized_parity is not None:
+            resp.quantized_path = display_path(result.quantized_path, cfg)
+            resp.quantized_parity.CopyFrom(_parity_proto(result.quantized_parity))
+            resp.quantized_size = result.quantized_size
+        return resp
+
+
+def _parity_proto(p: ParityResult) -> export_pb2.ParityReport:
+    return export_pb2.ParityReport(
+        max_abs_diff=p.max_abs_diff, tolerance=p.tolerance, tokens_match=p.tokens_match,
+        prompts_checked=p.prompts_checked, tokens_per_prompt=p.tokens_per_prompt,
+        token_agreement=p.token_agreement,
+    )
+
+
+def _consume_exception(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.info("abandoned export ended: %s", fut.exception())
+
+
+def register(runtime: ServiceRuntime) -> list[str]:
+    export_pb2_grpc.add_ExportServiceServicer_to_server(ExportServicer(runtime.config), runtime.server)
+    return [service_full_name(export_pb2, "ExportService")]
