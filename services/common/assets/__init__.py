@@ -1,0 +1,1 @@
+"""Bundled assets of the embedded default model: corpus, datasets and their generator."""
