@@ -1,0 +1,347 @@
+"""One evaluation from start to end: read rows, load the model, score tokens, generate, report.
+
+Plain Python (no grpc). The servicer resolves and checks every path, then calls
+`run_evaluation` in a worker thread with a progress callback and a stop flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import math
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from services.common.config import Config
+from services.common.errors import Cancelled, InvalidArgument, ResourceExhausted
+from services.common.fsutil import atomic_directory, atomic_writer
+from services.common.modeling import ModelSource, load_model
+
+log = logging.getLogger("wintrain.eval")
+
+# Requestable metric names. `rouge` yields rouge-1, rouge-2 and rouge-l (F1).
+TOKEN_METRICS = ("loss", "perplexity", "accuracy", "token_accuracy")
+GENERATION_METRICS = ("exact_match", "rouge")
+SUPPORTED_METRICS = TOKEN_METRICS + GENERATION_METRICS
+
+# Progress callback: (phase, samples done, samples total).
+Progress = Callable[[str, int, int], None]
+
+
+def parse_metrics(names: Sequence[str]) -> list[str]:
+    """Normalised, de-duplicated metric names in request order. Raises InvalidArgument
+    (field `metrics`) listing the supported names for any unknown or empty one."""
+    wanted: list[str] = []
+    unknown: list[str] = []
+    for raw in names:
+        name = str(raw).strip().lower()
+        if name not in SUPPORTED_METRICS:
+            unknown.append(str(raw))
+        elif name not in wanted:
+            wanted.append(name)
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown)
+        raise InvalidArgument.for_field(
+            "metrics", f"unknown metric {shown}; supported: {', '.join(SUPPORTED_METRICS)}")
+    if not wanted:
+        raise InvalidArgument.for_field("metrics", f"must name at least one of: {', '.join(SUPPORTED_METRICS)}")
+    return wanted
+
+
+@dataclass
+class EvalJob:
+    """A checked request: every path already resolved and allowed."""
+
+    model: ModelSource
+    dataset_path: Path
+    metrics: list[str]
+    batch_size: int
+    max_samples: int = 0
+    max_new_tokens: int = 128
+    per_sample_path: Path | None = None
+    # Name evalscope sends as `model` to an OpenAI-compatible endpoint (the client's path).
+    openai_model_name: str = ""
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    total_samples: int
+    eval_time: float
+    tokens_scored: int = 0
+    skipped_samples: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    truncated_samples: int = 0
+    per_sample_path: Path | None = None
+    report_path: Path | None = None
+
+
+@dataclass
+class _Row:
+    number: int  # 1-based line (JSONL) or element (JSON array) in the file
+    messages: list[dict]
+
+
+def read_rows(path: Path, *, max_row_bytes: int, limit: int, field_name: str = "dataset_path",
+              should_stop: Callable[[], bool] | None = None) -> tuple[list[_Row], Counter]:
+    """Valid conversation rows of the dataset (the data service's row rules), at most `limit`
+    (0: all), and the count of invalid rows by their first problem's code."""
+    from services.data.validation import RowError, RowReader, check_input_file, explain_row, parse_row
+
+    check_input_file(path, field=field_name)
+    rows: list[_Row] = []
+    skipped: Counter = Counter()
+    reader = RowReader(path, max_row_bytes=max_row_bytes)
+    for count, (number, raw) in enumerate(reader):
+        if should_stop is not None and count % 1024 == 0 and should_stop():
+            raise Cancelled("evaluation cancelled")
+        if isinstance(raw, RowError):
+            skipped[raw.code] += 1
+            continue
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                skipped["invalid_utf8"] += 1
+                continue
+        obj = parse_row(raw)
+        if isinstance(obj, RowError):
+            skipped[obj.code] += 1
+            continue
+        problems = explain_row(obj)
+        if problems:
+            skipped[problems[0][1]] += 1
+            continue
+        rows.append(_Row(number=number, messages=obj["conversations"]))
+        if limit and len(rows) >= limit:
+            break
+    for issue in reader.file_issues:
+        skipped[issue.code] += 1
+    return rows, skipped
+
+
+def _openai_target(config: Config, job: EvalJob):
+    from services.eval.generation_metrics import OpenAITarget
+
+    base_url = str(config.get("eval.openai_base_url") or "").strip()
+    if not base_url:
+        return None
+    return OpenAITarget(base_url=base_url, model=job.openai_model_name or str(job.model.path),
+                        api_key=str(config.get("eval.openai_api_key") or "EMPTY"))
+
+
+def reports_root(config: Config) -> Path:
+    """Folder that holds evalscope's run folders (config `eval.reports_dir`, relative to the
+    workspace)."""
+    raw = Path(str(config.get("eval.reports_dir") or "eval"))
+    return (raw if raw.is_absolute() else config.workspace / raw).resolve()
+
+
+def run_evaluation(
+    job: EvalJob,
+    config: Config,
+    *,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EvalResult:
+    """Evaluate `job.model` on `job.dataset_path`.
+
+    Raises InvalidArgument (no usable rows), FailedPrecondition (the model cannot be loaded or
+    has no usable chat template; evalscope failed), Unavailable (OpenAI endpoint down),
+    Cancelled (`should_stop()` turned true)."""
+    started = time.perf_counter()
+    report = progress or (lambda phase, done, total: None)
+    stop = should_stop or (lambda: False)
+    wants_tokens = any(m in TOKEN_METRICS for m in job.metrics)
+    wants_generation = any(m in GENERATION_METRICS for m in job.metrics)
+    openai = _openai_target(config, job) if wants_generation else None
+
+    report("loading", 0, 0)
+    rows, skipped = read_rows(
+        job.dataset_path,
+        max_row_bytes=int(config.get("dataset.max_row_bytes", 1 << 20)),
+        limit=job.max_samples,
+        should_stop=stop,
+    )
+    if not rows:
+        _no_usable_rows(skipped)
+
+    model = tokenizer = None
+    if wants_tokens or openai is None:
+        model, tokenizer = load_model(job.model, config)
+    try:
+        return _evaluate_loaded(job, config, rows, skipped, model, tokenizer, openai,
+                                wants_tokens, wants_generation, report, stop, started)
+    finally:
+        del model, tokenizer
+        gc.collect()
+        _empty_device_cache()
+
+
+def _evaluate_loaded(job, config, rows, skipped, model, tokenizer, openai, wants_tokens,
+                     wants_generation, report, stop, started) -> EvalResult:
+    from services.eval import metrics as token_metrics
+
+    metrics: dict[str, float] = {}
+    per_sample: dict[int, dict] = {}
+    tokens_scored = truncated = 0
+
+    usable = list(range(len(rows)))
+    if wants_tokens:
+        token_metrics.check_chat_template(tokenizer)
+        max_length = int(config.get("eval.max_length", 512))
+        encoded = []
+        for i, row in enumerate(rows):
+            try:
+                sample = token_metrics.encode_conversation(tokenizer, row.messages, i, max_length)
+            except Exception as exc:  # noqa: BLE001 - a template that cannot render this row
+                log.warning("row %s cannot be rendered: %s", row.number, exc)
+                skipped["render_failed"] += 1
+                continue
+            if sample.scored_tokens == 0:
+                skipped["no_assistant_tokens" if not sample.truncated else "assistant_truncated_away"] += 1
+                continue
+            encoded.append(sample)
+        if not encoded:
+            _no_usable_rows(skipped)
+        usable = [s.index for s in encoded]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad_id is None:
+            pad_id = 0
+        report("scoring", 0, len(encoded))
+        with _out_of_memory_is_resource_exhausted(job.batch_size):
+            scores = token_metrics.score_samples(
+                model, encoded, batch_size=job.batch_size, pad_token_id=pad_id,
+                on_batch=lambda done: report("scoring", done, len(encoded)), should_stop=stop,
+            )
+        agg = token_metrics.aggregate(scores)
+        tokens_scored = agg.tokens
+        truncated = sum(1 for s in encoded if s.truncated)
+        for name in job.metrics:
+            if name == "loss":
+                metrics["loss"] = agg.loss
+            elif name == "perplexity":
+                metrics["perplexity"] = agg.perplexity
+            elif name in ("accuracy", "token_accuracy"):
+                metrics[name] = agg.token_accuracy
+        truncated_rows = {s.index for s in encoded if s.truncated}
+        for s in scores:
+            per_sample[s.index] = {
+                "loss": s.loss, "tokens": s.tokens, "correct": s.correct,
+                "truncated": s.index in truncated_rows,
+            }
+
+    report_dir: Path | None = None
+    if wants_generation:
+        from services.eval.generation_metrics import qa_item, run_generation_metrics
+
+        items = []
+        for i in usable:
+            item = qa_item(i, rows[i].messages)
+            if item is None:  # valid rows always end with a user -> assistant pair
+                skipped["no_question_answer_pair"] += 1
+                per_sample.pop(i, None)
+                continue
+            items.append(item)
+        if not items:
+            _no_usable_rows(skipped)
+        usable = [item.index for item in items]
+        report("generating", 0, len(items))
+        root = reports_root(config)
+        run_name = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        # evalscope writes into a temporary folder that is renamed into place only when the
+        # run succeeds, so no half-written report folder is ever left behind.
+        with _out_of_memory_is_resource_exhausted(job.batch_size), atomic_directory(root / run_name) as tmp:
+            result = run_generation_metrics(
+                items, tmp,
+                batch_size=job.batch_size,
+                max_new_tokens=job.max_new_tokens,
+                model=model, tokenizer=tokenizer, openai=openai,
+                on_sample=lambda done: report("generating", done, len(items)),
+                should_stop=stop,
+            )
+        report_dir = root / run_name
+        if "exact_match" in job.metrics:
+            metrics["exact_match"] = result.metrics["exact_match"]
+        if "rouge" in job.metrics:
+            for key in ("rouge-1", "rouge-2", "rouge-l"):
+                metrics[key] = result.metrics[key]
+        references = {item.index: item.reference for item in items}
+        for answer in result.answers:
+            entry = per_sample.setdefault(answer.index, {})
+            entry["reference"] = references[answer.index]
+            entry["generated"] = answer.prediction
+            entry["exact_match"] = answer.exact_match
+            entry.update(answer.rouge)
+
+    written = None
+    if job.per_sample_path is not None:
+        written = _write_per_sample(job.per_sample_path, rows, usable, per_sample)
+
+    skipped_total = sum(skipped.values())
+    return EvalResult(
+        metrics={k: _finite(v) for k, v in metrics.items()},
+        total_samples=len(usable),
+        eval_time=time.perf_counter() - started,
+        tokens_scored=tokens_scored,
+        skipped_samples=skipped_total,
+        skip_reasons=dict(skipped),
+        truncated_samples=truncated,
+        per_sample_path=written,
+        report_path=report_dir,
+    )
+
+
+def _finite(value: float) -> float:
+    # JSON (the gateway) has no NaN/Infinity; an overflowing perplexity is reported as the
+    # largest double rather than breaking the response.
+    if math.isnan(value):
+        return 0.0
+    if math.isinf(value):
+        return 1.7976931348623157e308 if value > 0 else -1.7976931348623157e308
+    return value
+
+
+def _write_per_sample(path: Path, rows: list[_Row], usable: list[int], per_sample: dict[int, dict]) -> Path:
+    with atomic_writer(path) as handle:
+        for i in usable:
+            entry = {"line": rows[i].number, **per_sample.get(i, {})}
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def _out_of_memory_is_resource_exhausted(batch_size: int):
+    """Running out of (device or host) memory is the caller's batch being too big, not a bug."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
+        text = str(exc).lower()
+        if "out of memory" in text or "can't allocate memory" in text:
+            gc.collect()
+            _empty_device_cache()
+            raise ResourceExhausted(
+                f"out of memory at batch_size {batch_size}: lower batch_size (or eval.max_length)",
+                [("batch_size", "too large for the available memory")]) from exc
+        raise
+
+
+def _no_usable_rows(skipped: Counter) -> None:
+    reasons = ", ".join(f"{code}: {n}" for code, n in skipped.most_common()) or "the file has no rows"
+    raise InvalidArgument.for_field("dataset_path", f"no usable rows to evaluate ({reasons})")
+
+
+def _empty_device_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort
+        pass

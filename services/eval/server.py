@@ -1,0 +1,195 @@
+"""EvalService: a thin servicer over `services.eval.runner`.
+
+Requests are checked here (metric names, numbers, every path through the path policy), then
+the evaluation runs in a worker thread. Its progress callback feeds an asyncio.Queue on the
+event loop; `EvaluateStream` yields each event, `Evaluate` waits for the result. When the
+client goes away, the worker's stop flag is set and it ends at the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import AsyncIterator
+
+from services.common.config import Config, ConfigError
+from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.common.modeling import ModelSource, resolve_model_source
+from services.common.paths import display_path, resolve_allowed_path
+from services.common.proto_defaults import apply_defaults
+from services.common.server import ServiceRuntime, service_full_name
+from services.eval.runner import EvalJob, EvalResult, parse_metrics, run_evaluation
+from wintrain.eval.v1 import eval_pb2, eval_pb2_grpc
+
+log = logging.getLogger("wintrain.eval")
+
+
+def _positive_int(config: Config, key: str, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"config: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
+    def __init__(self, config: Config):
+        self.config = config
+        self.max_batch_size = _positive_int(config, "eval.max_batch_size", 256)
+        self.max_concurrent = _positive_int(config, "eval.max_concurrent", 1)
+        self.max_queue = int(config.get("eval.max_queue", 8))
+        if self.max_queue < 0:
+            raise ConfigError(f"config: eval.max_queue must be >= 0, got {self.max_queue!r}")
+        _positive_int(config, "eval.max_length", 512)
+        self._slots: asyncio.Semaphore | None = None
+        self._waiting = 0
+
+    # -- request checking ---------------------------------------------------------------
+    def _job(self, request: eval_pb2.EvaluateRequest) -> EvalJob:
+        apply_defaults(request)
+        cfg = self.config
+        metrics = parse_metrics(list(request.metrics))
+        problems: list[tuple[str, str]] = []
+        batch_size = request.batch_size
+        if not 1 <= batch_size <= self.max_batch_size:
+            problems.append(("batch_size", f"must be between 1 and {self.max_batch_size}, got {batch_size}"))
+        if request.max_samples < 0:
+            problems.append(("max_samples", f"must be >= 0 (0: all rows), got {request.max_samples}"))
+        cap = int(cfg.get("inference.max_new_tokens_cap", 2048))
+        if not 1 <= request.max_new_tokens <= cap:
+            problems.append(("max_new_tokens", f"must be between 1 and {cap}, got {request.max_new_tokens}"))
+        if problems:
+            raise InvalidArgument.for_fields(problems)
+
+        model = self._model_source(request)
+        dataset = resolve_allowed_path(request.dataset_path, cfg, field="dataset_path", must_exist=True, expect="file")
+        per_sample = None
+        if request.HasField("per_sample_path") and request.per_sample_path.strip():
+            per_sample = resolve_allowed_path(request.per_sample_path, cfg, field="per_sample_path", expect="file")
+        return EvalJob(
+            model=model,
+            dataset_path=dataset,
+            metrics=metrics,
+            batch_size=batch_size,
+            max_samples=request.max_samples,
+            max_new_tokens=request.max_new_tokens,
+            per_sample_path=per_sample,
+            openai_model_name=(request.lora_adapter_path if request.HasField("lora_adapter_path")
+                               and request.lora_adapter_path.strip() else request.model_path)
+            or str(cfg.base_model_path),
+        )
+
+    def _model_source(self, request: eval_pb2.EvaluateRequest) -> ModelSource:
+        cfg = self.config
+        if request.model_path.strip():
+            path = resolve_allowed_path(request.model_path, cfg, field="model_path", must_exist=True, expect="dir")
+        else:  # like chat: no model named means the configured base model
+            path = cfg.base_model_path
+        source = resolve_model_source(path, cfg, field="model_path")
+        if not (request.HasField("lora_adapter_path") and request.lora_adapter_path.strip()):
+            return source
+        adapter = resolve_allowed_path(request.lora_adapter_path, cfg, field="lora_adapter_path",
+                                       must_exist=True, expect="dir")
+        if source.kind == "adapter":
+            raise InvalidArgument.for_field(
+                "lora_adapter_path", "model_path is itself a LoRA adapter; give its base model as model_path")
+        if not (adapter / "adapter_config.json").is_file():
+            raise FailedPrecondition(
+                f"lora_adapter_path: {request.lora_adapter_path!r} is not a LoRA adapter folder "
+                "(no adapter_config.json)", [("lora_adapter_path", "not a LoRA adapter folder")])
+        if not any(adapter.glob("*.safetensors")):
+            raise FailedPrecondition(
+                f"lora_adapter_path: {request.lora_adapter_path!r} has no safetensors weights",
+                [("lora_adapter_path", "no safetensors weights")])
+        return ModelSource(path=adapter, kind="adapter", base_path=source.base_path, adapter_path=adapter)
+
+    # -- running ------------------------------------------------------------------------
+    async def _run(self, job: EvalJob) -> AsyncIterator[tuple[str, object]]:
+        """Yield ("progress", (phase, done, total)) events, then ("result", EvalResult).
+        Domain errors of the evaluation are raised from here."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        if self._slots.locked() and self._waiting >= self.max_queue:
+            raise ResourceExhausted(
+                f"{self.max_concurrent} evaluation(s) running and {self._waiting} waiting "
+                "(eval.max_concurrent / eval.max_queue); try again later")
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def progress(phase: str, done: int, total: int) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (phase, done, total))
+
+        task = asyncio.ensure_future(asyncio.to_thread(
+            run_evaluation, job, self.config, progress=progress, should_stop=stop.is_set))
+        # The slot is freed when the worker really ends, not when the client leaves.
+        slots = self._slots
+        task.add_done_callback(lambda _t: slots.release())
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield "progress", getter.result()
+                    continue
+                getter.cancel()
+                break
+            while not queue.empty():
+                yield "progress", queue.get_nowait()
+            yield "result", task.result()
+        finally:
+            if not task.done():
+                stop.set()
+                log.info("evaluation stopped: the client went away")
+                task.add_done_callback(_consume_exception)
+
+    async def Evaluate(self, request, context):
+        job = self._job(request)
+        result = None
+        async for kind, payload in self._run(job):
+            if kind == "result":
+                result = payload
+        return self._response(result)
+
+    async def EvaluateStream(self, request, context):
+        job = self._job(request)
+        async for kind, payload in self._run(job):
+            if kind == "progress":
+                phase, done, total = payload
+                yield eval_pb2.EvaluateProgress(phase=phase, samples_done=done, samples_total=total)
+            else:
+                result: EvalResult = payload
+                yield eval_pb2.EvaluateProgress(
+                    phase="done", samples_done=result.total_samples, samples_total=result.total_samples,
+                    result=self._response(result))
+
+    def _response(self, result: EvalResult) -> eval_pb2.EvaluateResponse:
+        cfg = self.config
+        return eval_pb2.EvaluateResponse(
+            metrics=result.metrics,
+            total_samples=result.total_samples,
+            eval_time=result.eval_time,
+            tokens_scored=result.tokens_scored,
+            skipped_samples=result.skipped_samples,
+            skip_reasons=result.skip_reasons,
+            truncated_samples=result.truncated_samples,
+            per_sample_path=display_path(result.per_sample_path, cfg) if result.per_sample_path else "",
+            report_path=display_path(result.report_path, cfg) if result.report_path else "",
+        )
+
+
+def _consume_exception(task: asyncio.Future) -> None:
+    # A worker stopped because its client left ends with Cancelled; nobody awaits it.
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("abandoned evaluation ended: %s", task.exception())
+
+
+def register(runtime: ServiceRuntime) -> list[str]:
+    eval_pb2_grpc.add_EvalServiceServicer_to_server(EvalServicer(runtime.config), runtime.server)
+    return [service_full_name(eval_pb2, "EvalService")]
+
