@@ -62,7 +62,14 @@ class DatasetStats(_message.Message):
     def __init__(self, messages_per_role: _Optional[_Mapping[str, int]] = ..., turns: _Optional[_Union[LengthStats, _Mapping]] = ..., chars: _Optional[_Union[LengthStats, _Mapping]] = ..., exact_duplicates: _Optional[int] = ...) -> None: ...
 
 class ValidateDatasetResponse(_message.Message):
-    __slots__ = ("is_valid", "total_samples", "valid_samples", "invalid_samples", "error_messages", "issues", "stats", "errors_truncated", "detected_format")
+    __slots__ = ("is_valid", "total_samples", "valid_samples", "invalid_samples", "error_messages", "issues", "stats", "errors_truncated", "detected_format", "issue_counts", "file_kind")
+    class IssueCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     IS_VALID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     VALID_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +79,8 @@ class ValidateDatasetResponse(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     DETECTED_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ISSUE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    FILE_KIND_FIELD_NUMBER: _ClassVar[int]
     is_valid: bool
     total_samples: int
     valid_samples: int
@@ -81,7 +90,9 @@ class ValidateDatasetResponse(_message.Message):
     stats: DatasetStats
     errors_truncated: bool
     detected_format: str
-    def __init__(self, is_valid: _Optional[bool] = ..., total_samples: _Optional[int] = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., error_messages: _Optional[_Iterable[str]] = ..., issues: _Optional[_Iterable[_Union[DatasetIssue, _Mapping]]] = ..., stats: _Optional[_Union[DatasetStats, _Mapping]] = ..., errors_truncated: _Optional[bool] = ..., detected_format: _Optional[str] = ...) -> None: ...
+    issue_counts: _containers.ScalarMap[str, int]
+    file_kind: str
+    def __init__(self, is_valid: _Optional[bool] = ..., total_samples: _Optional[int] = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., error_messages: _Optional[_Iterable[str]] = ..., issues: _Optional[_Iterable[_Union[DatasetIssue, _Mapping]]] = ..., stats: _Optional[_Union[DatasetStats, _Mapping]] = ..., errors_truncated: _Optional[bool] = ..., detected_format: _Optional[str] = ..., issue_counts: _Optional[_Mapping[str, int]] = ..., file_kind: _Optional[str] = ...) -> None: ...
 
 class SplitConfig(_message.Message):
     __slots__ = ("train_ratio", "val_ratio", "test_ratio", "shuffle", "seed")
@@ -122,8 +133,15 @@ class OutputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., rows: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class ProcessDatasetResponse(_message.Message):
-    __slots__ = ("output_dir", "total_samples", "kept_samples", "train_samples", "val_samples", "test_samples", "dropped", "duplicates_removed", "files", "detected_format")
+    __slots__ = ("output_dir", "total_samples", "kept_samples", "train_samples", "val_samples", "test_samples", "dropped", "duplicates_removed", "files", "detected_format", "repairs")
     class DroppedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class RepairsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +158,7 @@ class ProcessDatasetResponse(_message.Message):
     DUPLICATES_REMOVED_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     DETECTED_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    REPAIRS_FIELD_NUMBER: _ClassVar[int]
     output_dir: str
     total_samples: int
     kept_samples: int
@@ -150,4 +169,5 @@ class ProcessDatasetResponse(_message.Message):
     duplicates_removed: int
     files: _containers.RepeatedCompositeFieldContainer[OutputFile]
     detected_format: str
-    def __init__(self, output_dir: _Optional[str] = ..., total_samples: _Optional[int] = ..., kept_samples: _Optional[int] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., test_samples: _Optional[int] = ..., dropped: _Optional[_Mapping[str, int]] = ..., duplicates_removed: _Optional[int] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., detected_format: _Optional[str] = ...) -> None: ...
+    repairs: _containers.ScalarMap[str, int]
+    def __init__(self, output_dir: _Optional[str] = ..., total_samples: _Optional[int] = ..., kept_samples: _Optional[int] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., test_samples: _Optional[int] = ..., dropped: _Optional[_Mapping[str, int]] = ..., duplicates_removed: _Optional[int] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., detected_format: _Optional[str] = ..., repairs: _Optional[_Mapping[str, int]] = ...) -> None: ...
