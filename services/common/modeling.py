@@ -116,6 +116,7 @@ def load_model(
     """Load (model, tokenizer) for a ModelSource. Adapters are applied with PEFT, and merged
     into the weights when `merge_adapter`. The tokenizer comes from the adapter folder when it
     has one, else from the base. Raises FailedPrecondition when loading fails."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     if device is None or dtype is None:
@@ -139,7 +140,7 @@ def load_model(
                 model = model.merge_and_unload()
         tok_dir = source.adapter_path if source.adapter_path and (source.adapter_path / "tokenizer_config.json").is_file() else source.base_path
         tokenizer = load_tokenizer(tok_dir, config)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise FailedPrecondition(f"cannot load model {source.path}: {exc}") from exc
     model.to(device)
     if not trainable:

@@ -1,0 +1,322 @@
+"""Pre-flight checks of a StartTraining request, before anything is queued.
+
+`check_start_request` turns a request (plain values) into an `AcceptedTask` with every path
+resolved, or raises the domain error naming the field: InvalidArgument (bad values, invalid
+dataset rows), PermissionDenied (paths outside the allowed roots, unwritable output),
+NotFound (missing files), FailedPrecondition (not a model folder, output folder in use).
+
+No torch here: the model is checked from its files (config.json, the safetensors headers,
+the tokenizer config), so the server process stays small and answers fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common.config import Config
+from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.common.modeling import resolve_model_source
+from services.common.paths import resolve_allowed_path
+from services.train import checkpoints
+from services.train.store import LIVE, TrainJobStore, run_dir
+
+STRATEGIES = ("trl", "lora")
+# Optimizers and schedulers that work with the installed packages alone (others need
+# bitsandbytes, apex, galore… or extra scheduler arguments). A test checks each is known to
+# the installed transformers.
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup", "inverse_sqrt")
+LORA_BIAS = ("none", "all", "lora_only")
+# Files that mark a folder as an earlier training output (safe to replace).
+OUTPUT_MARKERS = ("config.json", "adapter_config.json", "training_log.jsonl")
+MAX_BATCH = 4096
+MAX_LENGTH_CAP = 1 << 20
+
+
+@dataclass
+class StartRequest:
+    """A StartTraining request as plain values. `config` holds the TrainingConfig fields that
+    are set (after defaults), by proto field name; `lora_config` is a nested dict."""
+
+    strategy: str
+    dataset_path: str
+    output_dir: str
+    config: dict[str, Any]
+    eval_dataset_path: str = ""
+
+
+@dataclass
+class AcceptedTask:
+    """A request that passed pre-flight. `resolved` holds the absolute paths the worker uses:
+    dataset, eval_dataset (or ""), output_dir, model, resume_from (or "")."""
+
+    request: StartRequest
+    resolved: dict[str, str]
+    train_samples: int = 0
+    eval_samples: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_numbers(strategy: str, cfg: dict[str, Any], config: Config) -> list[tuple[str, str]]:
+    """Every out-of-range setting, as (field, description) pairs."""
+    bad: list[tuple[str, str]] = []
+
+    def need(name: str, ok: bool, description: str) -> None:
+        if not ok:
+            bad.append((f"config.{name}", description))
+
+    lr = cfg.get("learning_rate")
+    need("learning_rate", _finite(lr) and lr > 0, f"must be a finite number > 0, got {lr}")
+    bs = cfg.get("per_device_train_batch_size", 0)
+    need("per_device_train_batch_size", 1 <= bs <= MAX_BATCH, f"must be between 1 and {MAX_BATCH}, got {bs}")
+    ga = cfg.get("gradient_accumulation_steps", 0)
+    need("gradient_accumulation_steps", 1 <= ga <= MAX_BATCH, f"must be between 1 and {MAX_BATCH}, got {ga}")
+    if "max_steps" in cfg:
+        need("max_steps", cfg["max_steps"] >= 1, f"must be >= 1, got {cfg['max_steps']}")
+    else:
+        ep = cfg.get("num_train_epochs")
+        need("num_train_epochs", _finite(ep) and 0 < ep <= 100000, f"must be a number > 0, got {ep}")
+    need("warmup_steps", cfg.get("warmup_steps", 0) >= 0, f"must be >= 0, got {cfg.get('warmup_steps')}")
+    need("logging_steps", cfg.get("logging_steps", 0) >= 1, f"must be >= 1, got {cfg.get('logging_steps')}")
+    optim = cfg.get("optim", "")
+    need("optim", optim in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}, got {optim!r}")
+    wd = cfg.get("weight_decay")
+    need("weight_decay", _finite(wd) and wd >= 0, f"must be a finite number >= 0, got {wd}")
+    sched = cfg.get("lr_scheduler_type", "")
+    need("lr_scheduler_type", sched in SCHEDULERS, f"must be one of {', '.join(SCHEDULERS)}, got {sched!r}")
+    need("seed", cfg.get("seed", 0) >= 0, f"must be >= 0, got {cfg.get('seed')}")
+    ml = cfg.get("max_length", 0)
+    need("max_length", 8 <= ml <= MAX_LENGTH_CAP, f"must be between 8 and {MAX_LENGTH_CAP}, got {ml}")
+    need("save_steps", cfg.get("save_steps", 0) >= 0, f"must be >= 0 (0: only at the end), got {cfg.get('save_steps')}")
+    need("save_total_limit", cfg.get("save_total_limit", 0) >= 1, f"must be >= 1, got {cfg.get('save_total_limit')}")
+    if "eval_steps" in cfg:
+        need("eval_steps", cfg["eval_steps"] >= 1, f"must be >= 1, got {cfg['eval_steps']}")
+    max_procs = int(config.get("train.max_processes") or os.cpu_count() or 1)
+    n = cfg.get("num_processes", 1)
+    need("num_processes", 1 <= n <= max_procs,
+         f"must be between 1 and {max_procs} (train.max_processes), got {n}")
+    if strategy == "lora":
+        lc = cfg.get("lora_config") or {}
+        r = lc.get("r", 0)
+        if not 1 <= r <= 4096:
+            bad.append(("config.lora_config.r", f"must be between 1 and 4096, got {r}"))
+        alpha = lc.get("lora_alpha")
+        if not (_finite(alpha) and alpha > 0):
+            bad.append(("config.lora_config.lora_alpha", f"must be a finite number > 0, got {alpha}"))
+        dropout = lc.get("lora_dropout")
+        if not (_finite(dropout) and 0 <= dropout < 1):
+            bad.append(("config.lora_config.lora_dropout", f"must be in [0, 1), got {dropout}"))
+        if lc.get("bias") not in LORA_BIAS:
+            bad.append(("config.lora_config.bias", f"must be one of {', '.join(LORA_BIAS)}, got {lc.get('bias')!r}"))
+        targets = lc.get("target_modules") or []
+        if not targets:
+            bad.append(("config.lora_config.target_modules", "must name at least one module"))
+        elif any(not t or not t.strip() for t in targets):
+            bad.append(("config.lora_config.target_modules", "must not contain empty names"))
+    return bad
+
+
+# -- the model, from its files ------------------------------------------------------------------
+
+def safetensors_tensor_names(model_dir: Path) -> list[str]:
+    """Names of the tensors in a model folder's safetensors files, read from their headers
+    (a few KB), without loading any weight."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}))
+    names: list[str] = []
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > 100 * 1024 * 1024:
+                raise ValueError(f"{path.name}: implausible safetensors header size {size}")
+            header = json.loads(handle.read(size))
+        names.extend(k for k in header if k != "__metadata__")
+    return names
+
+
+def module_names(model_dir: Path) -> set[str]:
+    """Dotted names of the model's modules that own weights (e.g. model.layers.0.self_attn.q_proj)."""
+    return {name.rsplit(".", 1)[0] for name in safetensors_tensor_names(model_dir) if "." in name}
+
+
+def missing_target_modules(targets: list[str], modules: set[str]) -> list[str]:
+    """Targets that match no module the way PEFT matches a list entry: the full name, or its
+    last dotted components."""
+    missing = []
+    for target in targets:
+        if not any(m == target or m.endswith("." + target) for m in modules):
+            missing.append(target)
+    return missing
+
+
+def has_chat_template(model_dir: Path) -> bool:
+    if (model_dir / "chat_template.jinja").is_file() or (model_dir / "chat_template.json").is_file():
+        return True
+    tok_cfg = model_dir / "tokenizer_config.json"
+    try:
+        return bool(json.loads(tok_cfg.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
+def check_model(model_dir: Path, strategy: str, cfg: dict[str, Any], config: Config) -> None:
+    """The model folder can be trained with this request. Raises InvalidArgument /
+    FailedPrecondition naming config.model_path (or the LoRA field)."""
+    field_name = "config.model_path"
+    source = resolve_model_source(model_dir, config, field=field_name)
+    if source.kind != "full":
+        raise InvalidArgument.for_field(
+            field_name, f"{model_dir} is a LoRA adapter; train on a full model folder (its base, or a merged model)")
+    if not has_chat_template(model_dir):
+        raise FailedPrecondition(f"{field_name}: {model_dir} has no chat template in its tokenizer files",
+                                 [(field_name, "the tokenizer has no chat template")])
+    try:
+        model_cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(f"{field_name}: {model_dir}/config.json is unreadable: {exc}",
+                                 [(field_name, "config.json is unreadable")]) from exc
+    limit = model_cfg.get("max_position_embeddings")
+    if isinstance(limit, int) and cfg.get("max_length", 0) > limit:
+        raise InvalidArgument.for_field("config.max_length",
+                                        f"must be <= {limit}, the model's max_position_embeddings")
+    if strategy == "lora":
+        try:
+            modules = module_names(model_dir)
+        except (OSError, ValueError, struct.error) as exc:
+            raise FailedPrecondition(f"{field_name}: cannot read the weights of {model_dir}: {exc}",
+                                     [(field_name, "unreadable safetensors")]) from exc
+        targets = list((cfg.get("lora_config") or {}).get("target_modules") or [])
+        missing = missing_target_modules(targets, modules)
+        if missing:
+            short = sorted({m.rsplit(".", 1)[-1] for m in modules if not m.endswith(("norm", "embed_tokens"))})
+            raise InvalidArgument.for_field(
+                "config.lora_config.target_modules",
+                f"{', '.join(missing)} not found in the model; it has {', '.join(short[:20])}")
+        if any(t == "lm_head" or t.endswith(".lm_head") for t in targets):
+            raise InvalidArgument.for_field("config.lora_config.target_modules",
+                                            "lm_head cannot carry a LoRA adapter here (TRL computes the loss from its weight)")
+
+
+# -- the output folder --------------------------------------------------------------------------
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_output_dir(out: Path, *, protected: list[Path], store: TrainJobStore, own_task: str = "") -> None:
+    """`out` can receive a finished model: not a file, not a folder that holds anything the
+    system or the request needs, not someone else's data, writable, and not the output of
+    another live task. Raises InvalidArgument / FailedPrecondition / PermissionDenied."""
+    name = "output_dir"
+    if out.exists() and not out.is_dir():
+        raise InvalidArgument.for_field(name, f"{out} is a file, expected a folder")
+    for keep in protected:
+        if _inside(keep, out):
+            raise InvalidArgument.for_field(
+                name, f"{out} contains {keep}, which the service or this request needs; it would be replaced")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in OUTPUT_MARKERS):
+        raise FailedPrecondition(
+            f"{name}: {out} exists, is not empty and is not an earlier training output; choose a new folder",
+            [(name, "exists and holds other files")])
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionDenied(f"{name}: {probe} is not writable", [(name, "not writable")])
+    for task in store.with_status(*LIVE):
+        other = Path(task.resolved.get("output_dir", ""))
+        if task.task_id != own_task and (_inside(other, out) or _inside(out, other)):
+            raise FailedPrecondition(
+                f"{name}: {out} is the output folder of task {task.task_id} ({task.status})",
+                [(name, f"used by live task {task.task_id}")])
+
+
+# -- the whole request --------------------------------------------------------------------------
+
+def resolve_resume(raw: str, out: Path, config: Config, store: TrainJobStore) -> Path:
+    """`config.resume_from_checkpoint` of a new task: `last` (the newest checkpoint of an
+    earlier task that wrote to the same output folder) or a checkpoint folder."""
+    name = "config.resume_from_checkpoint"
+    if raw.strip().lower() == "last":
+        for task in store.previous_tasks_for_output(str(out)):
+            found = checkpoints.latest_checkpoint(run_dir(config.workspace, task.task_id) / "checkpoints")
+            if found is not None:
+                return found
+        raise FailedPrecondition(f"{name}: no earlier task that wrote to {out} left a checkpoint",
+                                 [(name, "no checkpoint to resume from")])
+    folder = resolve_allowed_path(raw, config, field=name, must_exist=True, expect="dir")
+    try:
+        checkpoints.check_checkpoint_files(folder)
+    except checkpoints.CheckpointError as exc:
+        raise InvalidArgument.for_field(name, str(exc)) from None
+    return folder
+
+
+def check_start_request(req: StartRequest, config: Config, store: TrainJobStore) -> AcceptedTask:
+    """Every pre-flight check, cheapest first; the dataset is validated last. Returns the
+    accepted task with resolved paths, or raises the domain error naming the field."""
+    from services.data.validation import validate_rows_for_training
+
+    if req.strategy not in STRATEGIES:
+        raise InvalidArgument.for_field("strategy", f"must be `trl` or `lora`, got {req.strategy or 'nothing'!r}")
+    bad = check_numbers(req.strategy, req.config, config)
+    if bad:
+        raise InvalidArgument.for_fields(bad)
+
+    dataset = resolve_allowed_path(req.dataset_path, config, field="dataset_path", must_exist=True, expect="file")
+    eval_dataset = None
+    if req.eval_dataset_path:
+        eval_dataset = resolve_allowed_path(req.eval_dataset_path, config, field="eval_dataset_path",
+                                            must_exist=True, expect="file")
+    out = resolve_allowed_path(req.output_dir, config, field="output_dir", expect="dir")
+    raw_model = req.config.get("model_path") or ""
+    if raw_model:
+        model = resolve_allowed_path(raw_model, config, field="config.model_path", must_exist=True, expect="dir")
+    else:
+        model = config.base_model_path
+    check_model(model, req.strategy, req.config, config)
+
+    workspace = config.workspace
+    if _inside(out, workspace / "runs"):
+        raise InvalidArgument.for_field("output_dir", f"{out} is inside the service's task folders ({workspace / 'runs'})")
+    protected = [workspace / "jobs.db", workspace / "runs", dataset, model, *config.allowed_roots]
+    if eval_dataset is not None:
+        protected.append(eval_dataset)
+    check_output_dir(out, protected=protected, store=store)
+
+    resume = None
+    if req.config.get("resume_from_checkpoint"):
+        resume = resolve_resume(req.config["resume_from_checkpoint"], out, config, store)
+
+    max_row_bytes = int(config.get("dataset.max_row_bytes", 1 << 20))
+    report = validate_rows_for_training(dataset, max_row_bytes=max_row_bytes, field="dataset_path")
+    eval_samples = 0
+    if eval_dataset is not None:
+        eval_report = validate_rows_for_training(eval_dataset, max_row_bytes=max_row_bytes, field="eval_dataset_path")
+        eval_samples = eval_report.valid_samples
+    return AcceptedTask(
+        request=req,
+        resolved={
+            "dataset": str(dataset),
+            "eval_dataset": str(eval_dataset) if eval_dataset else "",
+            "output_dir": str(out),
+            "model": str(model),
+            "resume_from": str(resume) if resume else "",
+        },
+        train_samples=report.valid_samples,
+        eval_samples=eval_samples,
+    )

@@ -1,0 +1,188 @@
+"""Progress reporting and stopping, from inside the Trainer loop.
+
+`ProgressCallback` is a `TrainerCallback`: at each logged step it writes the task's progress
+into the job store (step, total, %, loss, learning rate, epoch, grad norm, tokens/s, ETA,
+eval metrics) and appends the log line to the task's `training_log.jsonl`; at each checkpoint
+it records the folder; at each step end it asks `StopControl` whether to stop, and if so sets
+`should_training_stop` and `should_save`, so the Trainer saves a checkpoint and leaves the loop.
+
+Only the main process (rank 0) writes. With several processes the stop decision is agreed by
+an all-reduce, so every rank stops (and saves) at the same step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from services.train.store import RUNNING, TrainJobStore, now_iso
+
+STOP_CANCEL, STOP_SIGNAL, STOP_FENCED = "cancel", "signal", "fenced"
+
+
+class StopControl:
+    """Why (if at all) the worker must stop: SIGTERM received, the task's cancel flag set in
+    the store, or the task no longer ours (a restarted server marked it interrupted)."""
+
+    def __init__(self, store: TrainJobStore | None, task_id: str, attempt: int, *, check_every: float = 0.3):
+        self.store, self.task_id, self.attempt = store, task_id, attempt
+        self.check_every = check_every
+        self.signalled = False
+        self.reason: str | None = None
+        self._next_check = 0.0
+
+    def install_signal_handlers(self) -> None:
+        def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
+            self.signalled = True
+
+        signal.signal(signal.SIGTERM, on_term)
+
+    def poll(self, force: bool = False) -> str | None:
+        """The stop reason, or None. Reads the store at most every `check_every` seconds."""
+        if self.reason is not None:
+            return self.reason
+        if self.store is not None and (force or time.monotonic() >= self._next_check):
+            self._next_check = time.monotonic() + self.check_every
+            status, attempt, cancel = self.store.worker_view(self.task_id)
+            if status != RUNNING or attempt != self.attempt:
+                self.reason = STOP_FENCED
+            elif cancel:
+                self.reason = STOP_CANCEL
+        if self.reason is None and self.signalled:
+            # A SIGTERM is a cancel when the flag is set (it usually is, a moment earlier).
+            if self.store is not None:
+                _, _, cancel = self.store.worker_view(self.task_id)
+                self.reason = STOP_CANCEL if cancel else STOP_SIGNAL
+            else:
+                self.reason = STOP_SIGNAL
+        return self.reason
+
+
+def _agree(flag: bool, device: Any) -> bool:
+    """True on every rank if it is true on any (no-op without torch.distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+class ProgressCallback(TrainerCallback):
+    """Writes progress into the store and `log_path`; stops the loop when asked."""
+
+    def __init__(self, store: TrainJobStore | None, task_id: str, attempt: int, stop: StopControl,
+                 log_path: Path | None):
+        self.store, self.task_id, self.attempt = store, task_id, attempt
+        self.stop = stop
+        self.log_path = log_path
+        self.stopped_reason: str | None = None
+        self.first_step_at: float | None = None  # monotonic
+        self.first_step_wall: float | None = None  # time.time()
+        self.last_checkpoint: str = ""
+        self._t0 = self._last_t = time.monotonic()
+        self._start_step = 0
+        self._last_tokens = 0.0
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _write_log(self, entry: dict[str, Any]) -> None:
+        if self.log_path is None:
+            return
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def _report(self, kind: str, **kwargs) -> None:
+        if self.store is not None:
+            self.store.report(self.task_id, self.attempt, kind, **kwargs)
+
+    # -- callback events -------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0 = self._last_t = time.monotonic()
+        self._start_step = state.global_step
+        self._last_tokens = 0.0
+        if state.is_world_process_zero:
+            total = int(state.max_steps or 0)
+            step = int(state.global_step)
+            # A status event: the task went from "starting the worker" to training.
+            self._report("status", fields={
+                "current_step": step, "total_steps": total,
+                "progress": 100.0 * step / total if total else 0.0, "epoch": float(state.epoch or 0.0),
+            }, message=(f"training resumed at step {step} of {total}" if step else f"training started: {total} steps"))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.first_step_at is None:
+            self.first_step_at, self.first_step_wall = time.monotonic(), time.time()
+        reason = self.stop.poll() if state.is_world_process_zero else (
+            "signal" if self.stop.signalled else None)
+        if _agree(reason is not None, args.device):
+            self.stopped_reason = reason or self.stop.poll(force=True) or STOP_SIGNAL
+            control.should_training_stop = True
+            control.should_save = True
+            control.should_log = True
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True  # the last step's loss is reported whatever logging_steps is
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.monotonic()
+        step, total = int(state.global_step), int(state.max_steps or 0)
+        numbers = {k: v for k, v in ((k, _number(v)) for k, v in logs.items()) if v is not None}
+        entry = {"step": step, "timestamp": now_iso(), **numbers}
+        where = {"current_step": step, "total_steps": total, "progress": 100.0 * step / total if total else 0.0}
+        if "eval_loss" in numbers:
+            entry["kind"] = "eval"
+            self._write_log(entry)
+            self._report("eval", fields=where, metrics=numbers,
+                         message=f"eval_loss {numbers['eval_loss']:.4f} at step {step}")
+            return
+        if "train_runtime" in numbers:
+            entry["kind"] = "summary"
+            self._write_log(entry)
+            self._report("progress", metrics=numbers, event=False)
+            return
+        entry["kind"] = "train"
+        fields: dict[str, Any] = dict(where)
+        metrics = dict(numbers)
+        tokens = numbers.get("num_tokens")
+        if tokens is not None:
+            elapsed = max(now - self._last_t, 1e-9)
+            tps = max(tokens - self._last_tokens, 0.0) / elapsed
+            self._last_tokens, self._last_t = tokens, now
+            fields["tokens_per_second"] = metrics["tokens_per_second"] = tps
+            entry["tokens_per_second"] = tps
+        done = step - self._start_step
+        if done > 0 and total:
+            eta = (now - self._t0) / done * max(total - step, 0)
+            fields["eta_seconds"] = metrics["eta_seconds"] = eta
+            entry["eta_seconds"] = eta
+        for name in ("loss", "learning_rate", "epoch", "grad_norm"):
+            if name in numbers:
+                fields[name] = numbers[name]
+        self._write_log(entry)
+        loss = numbers.get("loss")
+        self._report("progress", fields=fields, metrics=metrics,
+                     message=f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else ""))
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.last_checkpoint = str(folder)
+        self._report("checkpoint", last_checkpoint=str(folder),
+                     message=f"checkpoint saved at step {state.global_step}: {folder.name}")

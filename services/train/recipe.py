@@ -1,0 +1,228 @@
+"""The training recipe, top to bottom: load, prepare data, build the trainer, train, save.
+
+Runs inside a worker process (one per task, or one per rank under torchrun). The strategy
+(`trl` full fine-tune or `lora`) only decides the PEFT config and how the output is saved;
+the rest is TRL's SFTTrainer with the chat template of the tokenizer and the loss on assistant
+tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common.config import Config
+from services.train import checkpoints
+from services.train.plots import dedupe_log, plot_losses, read_log
+from services.train.progress import ProgressCallback, StopControl
+from services.train.store import TrainJobStore
+from services.train.strategies import get_strategy
+
+COMPLETED = "completed"
+
+
+@dataclass
+class RunSpec:
+    """Everything one run needs, with absolute paths."""
+
+    task_id: str
+    attempt: int
+    strategy: str
+    config: dict[str, Any]
+    dataset: Path
+    output_dir: Path
+    model: Path
+    run_dir: Path
+    eval_dataset: Path | None = None
+    resume_from: Path | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "training_log.jsonl"
+
+
+@dataclass
+class RunResult:
+    """How the run ended: `completed`, or the stop reason (`cancel`, `signal`, `fenced`)."""
+
+    outcome: str
+    step: int = 0
+    total_steps: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    last_checkpoint: str = ""
+    first_step_seconds: float | None = None  # train begin -> first step done
+    first_step_wall: float | None = None  # time.time() of the first step done
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def load_conversations(path: Path, max_row_bytes: int):
+    """The dataset file (JSONL or a JSON array of conversation rows) as a `datasets.Dataset`
+    with one `messages` column, the conversational format TRL expects."""
+    from datasets import Dataset
+
+    from services.data.validation import RowError, RowReader
+
+    rows = []
+    reader = RowReader(path, max_row_bytes=max_row_bytes)
+    for number, text in reader:
+        if isinstance(text, RowError):
+            raise ValueError(f"{path}: {reader.label} {number}: {text.detail}")
+        row = json.loads(text)
+        messages = row.get("conversations") if isinstance(row, dict) else None
+        if messages is None and isinstance(row, dict):
+            messages = row.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ValueError(f"{path}: {reader.label} {number}: no conversations")
+        rows.append({"messages": [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]})
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return Dataset.from_list(rows)
+
+
+def build_sft_config(spec: RunSpec, device: str):
+    """SFTConfig from the task's settings (the documented defaults are already filled in)."""
+    import torch
+    from trl import SFTConfig
+
+    c = spec.config
+    on_gpu = device == "cuda"
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    save_steps = int(c.get("save_steps", 50))
+    logging_steps = int(c.get("logging_steps", 20))
+    has_eval = spec.eval_dataset is not None
+    return SFTConfig(
+        output_dir=str(spec.checkpoint_dir),
+        per_device_train_batch_size=int(c.get("per_device_train_batch_size", 2)),
+        per_device_eval_batch_size=int(c.get("per_device_train_batch_size", 2)),
+        gradient_accumulation_steps=int(c.get("gradient_accumulation_steps", 4)),
+        learning_rate=float(c.get("learning_rate", 2e-4)),
+        max_steps=int(c.get("max_steps", -1)),
+        num_train_epochs=float(c.get("num_train_epochs", 3.0)),
+        warmup_steps=int(c.get("warmup_steps", 10)),
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        optim=str(c.get("optim", "adamw_torch")),
+        weight_decay=float(c.get("weight_decay", 0.01)),
+        lr_scheduler_type=str(c.get("lr_scheduler_type", "linear")),
+        seed=int(c.get("seed", 42)),
+        max_length=int(c.get("max_length", 512)),
+        group_by_length=bool(c.get("group_by_length", False)),
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps if save_steps > 0 else 500,
+        save_total_limit=int(c.get("save_total_limit", 2)),
+        save_safetensors=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=int(c.get("eval_steps") or logging_steps) if has_eval else None,
+        # The loss is on what the assistant says (the chat template marks it with
+        # {% generation %}), never on the prompt.
+        assistant_only_loss=True,
+        # Checkpointing trades compute for memory; on CPU there is no memory to save.
+        gradient_checkpointing=on_gpu,
+        bf16=bf16,
+        fp16=on_gpu and not bf16,
+        use_cpu=not on_gpu,
+        dataloader_pin_memory=on_gpu,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def run(spec: RunSpec, config: Config, *, store: TrainJobStore | None, stop: StopControl) -> RunResult:
+    """Train one task. Returns how it ended; raises on errors (the worker reports them)."""
+    import torch
+    from trl import SFTTrainer
+
+    from services.common.modeling import ModelSource, load_model, pick_device
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    main = is_main_process()
+
+    def stop_requested() -> str | None:
+        return stop.poll(force=True) if main else ("signal" if stop.signalled else None)
+
+    if stop_requested():  # cancelled while the worker was starting: no need to load anything
+        return RunResult(outcome=stop_requested() or "signal", last_checkpoint=str(spec.resume_from or ""))
+    strategy = get_strategy(spec.strategy)
+    device, _ = pick_device(config)
+
+    # 1. Load the model and its tokenizer (fp32 weights; mixed precision is the Trainer's job).
+    source = ModelSource(path=spec.model, kind="full", base_path=spec.model)
+    model, tokenizer = load_model(source, config, device="cpu", dtype=torch.float32, trainable=True)
+
+    # 2. Prepare the data: conversations -> `messages`; TRL applies the chat template.
+    max_row_bytes = int(config.get("dataset.max_row_bytes", 1 << 20))
+    train_dataset = load_conversations(spec.dataset, max_row_bytes)
+    eval_dataset = load_conversations(spec.eval_dataset, max_row_bytes) if spec.eval_dataset else None
+
+    # 3. Build the trainer.
+    spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    progress = ProgressCallback(store if main else None, spec.task_id, spec.attempt, stop,
+                                spec.log_path if main else None)
+    trainer = SFTTrainer(
+        model=model,
+        args=build_sft_config(spec, device),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=strategy.peft_config(spec.config),
+        callbacks=[progress],
+    )
+
+    # 4. Train (from a checkpoint when resuming; its pickles are checked first).
+    resume = None
+    if spec.resume_from is not None:
+        checkpoints.verify_checkpoint_pickles(spec.resume_from)
+        resume = str(spec.resume_from)
+    reason = stop_requested()
+    if reason is not None:
+        return RunResult(outcome=reason, last_checkpoint=str(spec.resume_from or ""))
+    output = trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    first_step = None if progress.first_step_at is None else progress.first_step_at - progress._t0
+    result = RunResult(outcome=COMPLETED, step=int(state.global_step), total_steps=int(state.max_steps),
+                       metrics={k: float(v) for k, v in (output.metrics or {}).items()
+                                if isinstance(v, (int, float))},
+                       last_checkpoint=progress.last_checkpoint, first_step_seconds=first_step,
+                       first_step_wall=progress.first_step_wall)
+    if progress.stopped_reason is not None:
+        result.outcome = progress.stopped_reason
+        return result
+
+    # 5. Save the final output atomically: a temporary sibling folder renamed into place.
+    if main:
+        from services.common.fsutil import atomic_directory
+
+        entries = dedupe_log(read_log(spec.log_path))
+        with atomic_directory(spec.output_dir, overwrite=True) as tmp:
+            strategy.save(trainer, tokenizer, tmp, spec.model)
+            with open(tmp / "training_log.jsonl", "w", encoding="utf-8") as handle:
+                for entry in entries:
+                    handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            plot_losses(entries, tmp / "loss.png", title=f"{spec.strategy} · task {spec.task_id[:8]}")
+            _make_readable(tmp)
+        losses = [e["loss"] for e in entries if e.get("kind") == "train" and "loss" in e]
+        if losses:
+            result.metrics["final_loss"] = float(losses[-1])
+    return result
+
+
+def _make_readable(folder: Path) -> None:
+    # Temporary files are created owner-only; a published model is meant to be read by others
+    # (e.g. the inference service running as another user).
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)

@@ -1,0 +1,294 @@
+"""The scheduler: starts queued tasks in worker processes and watches them.
+
+One asyncio task on the server's event loop. Every tick (or when woken) it reaps workers that
+exited, kills those that outlived their cancel grace period, and starts pending tasks in queue
+order while fewer than `train.max_concurrent` run. A worker is a separate OS process group
+(`python -m services.train.worker`, or torchrun for `num_processes > 1`) with its output in
+`<workspace>/runs/<task_id>/worker.log`; nothing of the training runs in the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.config import REPO_ROOT, Config
+from services.train import checkpoints
+from services.train.store import CANCELLED, FAILED, INTERRUPTED, RUNNING, TrainJobStore, run_dir
+
+log = logging.getLogger("wintrain.train")
+
+WORKER_MODULE = "services.train.worker"
+TAIL_LINES = 25
+# Config sections never written into a task folder (secrets).
+_PRIVATE_SECTIONS = ("auth", "tls")
+
+
+@dataclass
+class WorkerHandle:
+    task_id: str
+    attempt: int
+    proc: subprocess.Popen
+    log_path: Path
+    log_offset: int
+    started: float
+    kill_at: float | None = None
+    killed: bool = False
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory, or kill -9)" if -code == signal.SIGKILL else ""
+        return f"the worker was killed by {name}{hint}"
+    return f"the worker exited with code {code}"
+
+
+def log_tail(path: Path, offset: int = 0, lines: int = TAIL_LINES, max_bytes: int = 64 * 1024) -> str:
+    """The last `lines` lines written to `path` after `offset`."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = max(offset, size - max_bytes)
+            handle.seek(start)
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _is_our_worker(pid: int, task_id: str) -> bool:
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        cmdline = " ".join(proc.cmdline())
+    except Exception:  # noqa: BLE001 - gone, or not ours to read
+        return False
+    return task_id in cmdline and WORKER_MODULE in cmdline
+
+
+class Scheduler:
+    """Runs queued tasks as worker processes; see the module docstring."""
+
+    def __init__(self, store: TrainJobStore, config: Config, *, tick_seconds: float = 0.25):
+        self.store = store
+        self.config = config
+        self.workspace = config.workspace
+        self.tick_seconds = tick_seconds
+        self.workers: dict[str, WorkerHandle] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    @property
+    def max_concurrent(self) -> int:
+        return max(1, int(self.config.get("train.max_concurrent", 1) or 1))
+
+    @property
+    def grace_seconds(self) -> float:
+        return float(self.config.get("train.cancel_grace_seconds", 30))
+
+    # -- start-up ------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """Tasks left `running` by a server that died become `interrupted`; a worker of
+        theirs still alive is killed. Pending tasks stay queued. Returns the ids marked."""
+        reason = "the service restarted while this task was running; resume it to continue from its last checkpoint"
+        found = self.store.interrupt_running(reason)
+        for task in found:
+            if task.worker_pid and _is_our_worker(task.worker_pid, task.task_id):
+                try:
+                    os.killpg(task.worker_pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if found:
+            log.warning("marked interrupted after restart", extra={"tasks": ",".join(t.task_id for t in found)})
+        return [t.task_id for t in found]
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="train-scheduler")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - one bad tick must not stop scheduling
+                log.exception("scheduler tick failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.tick_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    # -- one tick ------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.monotonic()
+        for handle in list(self.workers.values()):
+            code = handle.proc.poll()
+            if code is not None:
+                self._reap(handle, code)
+            elif handle.kill_at is not None and now >= handle.kill_at and not handle.killed:
+                self._killpg(handle, signal.SIGKILL)
+                handle.killed = True
+        if self._stopping:
+            return
+        while len(self.workers) < self.max_concurrent:
+            queue = self.store.queue()
+            if not queue:
+                break
+            self._launch(queue[0])
+
+    def _reap(self, handle: WorkerHandle, code: int) -> None:
+        del self.workers[handle.task_id]
+        task = self.store.get(handle.task_id)
+        if task is None or task.status != RUNNING or task.attempt != handle.attempt:
+            return  # the worker reported its own end
+        checkpoints.remove_partial_outputs(Path(task.resolved["output_dir"]))
+        where = f" Last checkpoint: {task.last_checkpoint}." if task.last_checkpoint else ""
+        if task.cancel_requested:
+            how = (f"the worker did not stop within {self.grace_seconds:g}s and was killed"
+                   if handle.killed else describe_exit(code))
+            self.store.finish(task.task_id, CANCELLED, attempt=handle.attempt,
+                              message=f"cancelled ({how}).{where}")
+            return
+        if self._stopping:
+            reason = f"the service stopped while this task was running.{where}"
+            self.store.finish(task.task_id, INTERRUPTED, attempt=handle.attempt, message=reason, error_message=reason)
+            return
+        reason = task.worker_error or describe_exit(code)
+        if code == 0 and not task.worker_error:
+            reason = "the worker exited without reporting a result"
+        tail = log_tail(handle.log_path, handle.log_offset)
+        error = reason + (f"\n--- last lines of {handle.log_path} ---\n{tail}" if tail else "")
+        self.store.finish(task.task_id, FAILED, attempt=handle.attempt, message=f"failed: {reason}"[:500],
+                          error_message=error)
+        log.warning("training task failed", extra={"task_id": task.task_id, "reason": reason})
+
+    # -- launching -----------------------------------------------------------------------
+    def worker_command(self, task_id: str, attempt: int, nprocs: int, config_file: Path) -> list[str]:
+        worker_args = [task_id, "--workspace", str(self.workspace), "--attempt", str(attempt),
+                       "--config", str(config_file)]
+        if nprocs <= 1:
+            return [sys.executable, "-m", WORKER_MODULE, *worker_args]
+        nnodes = int(self.config.get("train.nnodes", 1) or 1)
+        endpoint = self.config.get("train.rdzv_endpoint")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nprocs)]
+        if nnodes > 1 and endpoint:
+            cmd += ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", str(endpoint),
+                    "--rdzv_id", f"{task_id}-{attempt}"]
+        else:
+            cmd += ["--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+        return [*cmd, "-m", WORKER_MODULE, *worker_args]
+
+    def _write_worker_config(self, folder: Path) -> Path:
+        data = self.config.as_dict()
+        for section in _PRIVATE_SECTIONS:
+            data.pop(section, None)
+        path = folder / "service_config.json"
+        from services.common.fsutil import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"base_dir": str(self.config.base_dir), "data": data}, default=str))
+        return path
+
+    def _launch(self, task_id: str) -> None:
+        attempt = self.store.claim(task_id)
+        if attempt is None:
+            return
+        task = self.store.get(task_id)
+        assert task is not None
+        folder = run_dir(self.workspace, task_id)
+        log_path = folder / "worker.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            config_file = self._write_worker_config(folder)
+            nprocs = int(task.config.get("num_processes", 1) or 1)
+            cmd = self.worker_command(task_id, attempt, nprocs, config_file)
+            env = dict(os.environ)
+            env["PYTHONUNBUFFERED"] = "1"
+            env["WINTRAIN_WORKER_PARENT_PID"] = str(os.getpid())
+            env["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+            env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+            threads = self.config.get("train.worker_threads")
+            if threads:
+                env["OMP_NUM_THREADS"] = str(threads)
+            path_entries = [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+            env["PYTHONPATH"] = os.pathsep.join(path_entries)
+            with open(log_path, "ab") as logf:
+                logf.write(f"\n===== attempt {attempt}: {' '.join(cmd)}\n".encode())
+                logf.flush()
+                offset = logf.tell()
+                proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL,
+                                        stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                        close_fds=True)
+        except Exception as exc:  # noqa: BLE001 - a claimed task must never stay `running` without a worker
+            log.exception("cannot start a worker", extra={"task_id": task_id})
+            self.store.finish(task_id, FAILED, attempt=attempt, message=f"failed: cannot start the worker: {exc}",
+                              error_message=f"cannot start the worker: {exc}")
+            return
+        self.store.set_worker_pid(task_id, attempt, proc.pid)
+        self.workers[task_id] = WorkerHandle(task_id, attempt, proc, log_path, offset, time.monotonic())
+        log.info("worker started", extra={"task_id": task_id, "attempt": attempt, "pid": proc.pid,
+                                           "processes": nprocs})
+
+    # -- stopping ------------------------------------------------------------------------
+    def _killpg(self, handle: WorkerHandle, sig: int) -> None:
+        try:
+            os.killpg(handle.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def signal_cancel(self, task_id: str) -> None:
+        """SIGTERM the task's worker (its cancel flag is already set in the store) and give it
+        `train.cancel_grace_seconds` to checkpoint and stop before it is killed."""
+        handle = self.workers.get(task_id)
+        if handle is None or handle.kill_at is not None:
+            return
+        handle.kill_at = time.monotonic() + self.grace_seconds
+        self._killpg(handle, signal.SIGTERM)
+        self.wake()
+
+    async def shutdown(self) -> None:
+        """Service shutdown: every worker gets SIGTERM (checkpoint, `interrupted`), then
+        SIGKILL after the grace period; tasks still `running` are marked `interrupted`."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        deadline = time.monotonic() + self.grace_seconds
+        for handle in self.workers.values():
+            self._killpg(handle, signal.SIGTERM)
+        while self.workers and time.monotonic() < deadline:
+            self.tick()
+            await asyncio.sleep(0.1)
+        for handle in list(self.workers.values()):
+            self._killpg(handle, signal.SIGKILL)
+            try:
+                handle.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._reap(handle, handle.proc.returncode if handle.proc.returncode is not None else -9)

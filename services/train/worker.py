@@ -1,0 +1,143 @@
+"""The training worker: one OS process per task (per rank under torchrun).
+
+    python -m services.train.worker <task_id> --workspace <ws> --attempt <n> [--config <json>]
+
+It reads its task from the job store, trains it with the recipe, and writes progress, events
+and the final state (`completed`, `cancelled`, `interrupted`) into the store. Only rank 0
+writes. On an error it records its own account (`worker_error`), prints the traceback to
+stderr (the task's worker.log) and exits 1; the server then marks the task failed with both.
+
+SIGTERM means "stop at the next step and save a checkpoint": `cancelled` when the task's
+cancel flag is set, `interrupted` otherwise (the service shutting down, or dying: the worker
+asks the kernel for SIGTERM when its parent goes). The server kills it if it does not stop
+within `train.cancel_grace_seconds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger("wintrain.train.worker")
+PR_SET_PDEATHSIG = 1
+PARENT_ENV = "WINTRAIN_WORKER_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent dies (a server killed with -9 leaves no
+    orphan training on): checkpoint, then `interrupted`."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    expected = os.environ.get(PARENT_ENV)
+    if expected and "RANK" not in os.environ and os.getppid() != int(expected):
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent is already gone
+
+
+def load_worker_config(path: str | None):
+    from services.common.config import Config, load_config
+
+    if not path:
+        return load_config()
+    saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    return Config(saved["data"], Path(saved["base_dir"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    # First thing: a SIGTERM during the (seconds long) imports is a stop request, not death.
+    early = {"term": False}
+    signal.signal(signal.SIGTERM, lambda signum, frame: early.__setitem__("term", True))
+    parser = argparse.ArgumentParser(prog="python -m services.train.worker")
+    parser.add_argument("task_id")
+    parser.add_argument("--workspace", required=True, type=Path)
+    parser.add_argument("--attempt", type=int, default=0, help="attempt number the server claimed (0: current)")
+    parser.add_argument("--config", help="service config as JSON (written by the server)")
+    args = parser.parse_args(argv)
+
+    from services.train.progress import STOP_CANCEL, STOP_FENCED, StopControl
+    from services.train.store import CANCELLED, COMPLETED, INTERRUPTED, RUNNING, TrainJobStore, run_dir
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    store = TrainJobStore(args.workspace / "jobs.db")
+    task = store.get(args.task_id)
+    if task is None:
+        print(f"worker: no task {args.task_id} in {args.workspace / 'jobs.db'}", file=sys.stderr)
+        return 2
+    attempt = args.attempt or task.attempt
+    stop = StopControl(store if main_rank else None, task.task_id, attempt)
+    stop.install_signal_handlers()
+    stop.signalled = early["term"]
+    die_with_parent()
+    if task.status != RUNNING or task.attempt != attempt:
+        print(f"worker: task {task.task_id} is {task.status} (attempt {task.attempt}), not running "
+              f"attempt {attempt}; nothing to do", file=sys.stderr)
+        return 0
+
+    from services.common.logging_setup import setup_logging
+
+    setup_logging("train-worker", "INFO")
+    config = load_worker_config(args.config)
+    from services.train import checkpoints
+
+    checkpoints.enforce_weights_only()
+    from services.train.recipe import RunSpec, run
+
+    r = task.resolved
+    spec = RunSpec(
+        task_id=task.task_id, attempt=attempt, strategy=task.strategy, config=task.config,
+        dataset=Path(r["dataset"]), output_dir=Path(r["output_dir"]), model=Path(r["model"]),
+        run_dir=run_dir(args.workspace, task.task_id),
+        eval_dataset=Path(r["eval_dataset"]) if r.get("eval_dataset") else None,
+        resume_from=Path(task.resume_from) if task.resume_from else None,
+    )
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(spec, config, store=store, stop=stop)
+    except BaseException as exc:  # noqa: BLE001 - everything is reported, then re-raised as exit 1
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        traceback.print_exc()
+        if main_rank:
+            text = f"{type(exc).__name__}: {exc}".strip()
+            store.note_worker_error(task.task_id, attempt, text)
+            checkpoints.remove_partial_outputs(spec.output_dir)
+        return 1
+    if not main_rank:
+        return 0
+
+    metrics = dict(result.metrics)
+    if result.first_step_seconds is not None:
+        metrics["first_step_seconds"] = result.first_step_seconds
+    if result.first_step_wall is not None and task.started_at:
+        # Start-to-first-step latency: worker spawned (task started) -> first optimizer step done.
+        started = datetime.strptime(task.started_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        metrics["seconds_to_first_step"] = result.first_step_wall - started.timestamp()
+    where = f"; last checkpoint: {Path(result.last_checkpoint).name}" if result.last_checkpoint else ""
+    if result.outcome == "completed":
+        store.finish(task.task_id, COMPLETED, attempt=attempt,
+                     message=f"completed: {result.step} steps; saved to {spec.output_dir}",
+                     fields={"progress": 100.0, "current_step": result.step, "total_steps": result.total_steps},
+                     metrics=metrics)
+    elif result.outcome == STOP_CANCEL:
+        store.finish(task.task_id, CANCELLED, attempt=attempt, metrics=metrics,
+                     message=f"cancelled at step {result.step}{where}")
+    elif result.outcome == STOP_FENCED:
+        print(f"worker: task {task.task_id} is no longer running attempt {attempt}; stopped", file=sys.stderr)
+    else:
+        reason = f"stopped by a signal at step {result.step}{where}; resume to continue"
+        store.finish(task.task_id, INTERRUPTED, attempt=attempt, message=reason, error_message=reason,
+                     metrics=metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
