@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from services.common.metrics import MODEL_CACHE_BYTES, MODEL_CACHE_MODELS
 from services.common.config import Config
 from services.common.errors import FailedPrecondition, NotFound, ServiceError
 from services.common.modeling import ModelSource, count_parameters, load_model, model_memory_bytes, resolve_model_source
@@ -217,6 +218,9 @@ class ModelRegistry:
 
     def _free(self, entries: list[LoadedModel]) -> None:
         """Drop the cache's references. Generations still running keep theirs until they end."""
+        with self._lock:
+            MODEL_CACHE_MODELS.set(len(self._entries))
+            MODEL_CACHE_BYTES.set(sum(e.memory_bytes for e in self._entries.values()))
         for entry in entries:
             log.info("model evicted", extra={"model_path": entry.key, "memory_bytes": entry.memory_bytes})
         if entries:

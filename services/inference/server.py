@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from services.common.metrics import TOKENS_GENERATED
 from services.common.config import Config
 from services.common.errors import InvalidArgument
 from services.common.logging_setup import request_id_var
@@ -39,6 +40,8 @@ def _optional(request, name: str):
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> pb.Usage:
+    """Usage of a finished generation (counted once, into wintrain_tokens_generated_total)."""
+    TOKENS_GENERATED.inc(completion_tokens)
     return pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                     total_tokens=prompt_tokens + completion_tokens)
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.metrics import TRAIN_TASKS
 from services.common.config import REPO_ROOT, Config
 from services.train import checkpoints
 from services.train.store import CANCELLED, FAILED, INTERRUPTED, RUNNING, TrainJobStore, run_dir
@@ -152,6 +153,8 @@ class Scheduler:
             elif handle.kill_at is not None and now >= handle.kill_at and not handle.killed:
                 self._killpg(handle, signal.SIGKILL)
                 handle.killed = True
+        for state, count in self.store.status_counts().items():
+            TRAIN_TASKS.labels(state).set(count)
         if self._stopping:
             return
         while len(self.workers) < self.max_concurrent:

@@ -303,6 +303,11 @@ class TrainJobStore:
             "SELECT task_id FROM tasks WHERE status = ? ORDER BY queued_at, seq", (PENDING,)).fetchall()
         return [r["task_id"] for r in rows]
 
+    def status_counts(self) -> dict[str, int]:
+        """Number of tasks in each state."""
+        rows = self._conn().execute("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status").fetchall()
+        return {r["status"]: r["n"] for r in rows}
+
     def queue_position(self, task_id: str) -> int:
         """0 for the next task to start; -1 when the task is not pending."""
         order = self.queue()

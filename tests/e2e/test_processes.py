@@ -40,7 +40,9 @@ def _list_services(address: str) -> set[str]:
 def test_make_run_topology_starts_serves_and_stops_cleanly(tmp_path, tiny_model_dir):
     ports = {name: free_port() for name in SERVICE_NAMES}
     api_port = free_port()
+    metrics_ports = {name: free_port() for name in SERVICE_NAMES}
     overrides = {f"services.{n}.port": p for n, p in ports.items()}
+    overrides.update({f"services.{n}.metrics_port": p for n, p in metrics_ports.items()})
     overrides.update({"api.port": api_port, "storage.workspace": str(tmp_path / "ws"),
                       "model.base_model_path": str(tiny_model_dir), "inference.auto_load": True,
                       "server.grace_seconds": 3})
@@ -73,6 +75,21 @@ def test_make_run_topology_starts_serves_and_stops_cleanly(tmp_path, tiny_model_
             body = json.loads(resp.read())
         assert resp.status == 200 and body["status"] == "healthy"
 
+        # Each service's own Prometheus endpoint moves with its work.
+        from wintrain.inference.v1 import inference_pb2, inference_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{ports['inference']}") as ch:
+            reply = inference_pb2_grpc.InferenceServiceStub(ch).Chat(inference_pb2.ChatRequest(
+                messages=[inference_pb2.ChatMessage(role="user", content="你好")], max_tokens=8, temperature=0),
+                timeout=60)
+        assert reply.usage.completion_tokens > 0
+        text = _scrape(metrics_ports["inference"])
+        assert _sample(text, "wintrain_tokens_generated_total") >= reply.usage.completion_tokens
+        assert _sample(text, "wintrain_model_cache_models") == 1
+        assert 'wintrain_rpc_requests_total{code="OK",method="Chat",service="inference"}' in text
+        text = _scrape(metrics_ports["data"])
+        assert "wintrain_rpc_requests_total" in text
+
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         gone, alive = psutil.wait_procs(children, timeout=20)
@@ -82,6 +99,18 @@ def test_make_run_topology_starts_serves_and_stops_cleanly(tmp_path, tiny_model_
             for child in psutil.Process(proc.pid).children(recursive=True):
                 child.kill()
             proc.kill()
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def _sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exposed")
 
 
 def _logs(tmp_path) -> str:
