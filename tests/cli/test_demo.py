@@ -1,0 +1,106 @@
+"""`make demo` in reduced form, with real processes on free ports: `python -m cli.demo --quick`
+on a fresh workspace starts Win-Train itself, runs the whole lifecycle through the gateway,
+passes and stops what it started; then `wintrain up` starts everything again, `wintrain status`
+sees it all healthy, and stopping `wintrain up` leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from services.common.config import REPO_ROOT, SERVICE_NAMES
+from tests.cli.conftest import WINTRAIN
+from tests.support import free_port, service_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _logs(log_dir) -> str:
+    out = []
+    for log in sorted(log_dir.glob("*.log")):
+        out.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
+    return "\n".join(out)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_quick_demo_starts_everything_itself_then_wintrain_up_and_status(tmp_path, tiny_model_dir):
+    ws = tmp_path / "ws"
+    model = ws / "models" / "tiny-chat"
+    shutil.copytree(tiny_model_dir, model)  # the dataset is seeded by the demo itself
+    ports = {name: free_port() for name in SERVICE_NAMES}
+    overrides = {f"services.{name}.port": port for name, port in ports.items()}
+    overrides.update({"api.port": free_port(), "storage.workspace": str(ws), "storage.allowed_roots": [str(ws)],
+                      "model.base_model_path": str(model), "inference.auto_load": False,
+                      "server.grace_seconds": 3})
+    env = service_env(overrides)
+    env["COLUMNS"] = "160"
+
+    # 1. a fresh machine: no gateway answers, so the demo starts Win-Train, runs, and stops it
+    demo = subprocess.run([sys.executable, "-m", "cli.demo", "--quick", "--run-name", "ci"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 0, output + _logs(ws / "logs" / "ci")
+    assert "starting Win-Train" in output and "demo passed" in output
+    for step in ("data", "LoRA training", "eval: base vs tuned", "chat stream", "batch answers", "ONNX export"):
+        assert step in output, step
+    assert "FAILED" not in output and "skipped" not in output
+    demo_dir = ws / "demos" / "ci"
+    for name in ("train.json", "val.json", "test.json"):
+        assert (demo_dir / "data" / name).is_file()
+    assert (demo_dir / "adapter" / "adapter_config.json").is_file()
+    assert any((demo_dir / "onnx").rglob("*.onnx"))
+    still_up = [name for name, port in [*ports.items(), ("gateway", overrides["api.port"])] if _listening(port)]
+    assert not still_up, f"the demo left these running: {still_up}"
+
+    # 2. `wintrain up` (what `make run` does), `wintrain status`, and a clean stop
+    log_dir = tmp_path / "logs"
+    up = subprocess.Popen([str(WINTRAIN), "up", "--log-dir", str(log_dir), "--timeout", "240"], cwd=REPO_ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Win-Train is up" in line:
+                break
+        assert any("Win-Train is up" in line for line in lines), "".join(lines) + _logs(log_dir)
+
+        status = subprocess.run([str(WINTRAIN), "status", "--json"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert status.returncode == 0, status.stdout + status.stderr
+        body = json.loads(status.stdout)
+        assert body["healthy"] is True and body["gateway"]["status"] == "SERVING"
+        assert all(s["status"] == "SERVING" for s in body["services"].values())
+        # the tasks the demo ran are still known to the restarted train service
+        listed = subprocess.run([str(WINTRAIN), "train", "list", "--json"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert listed.returncode == 0
+        assert [t["status"] for t in json.loads(listed.stdout)["tasks"]] == ["completed"]
+
+        children = psutil.Process(up.pid).children(recursive=True)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(90) == 0
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+    finally:
+        if up.poll() is None:
+            for child in psutil.Process(up.pid).children(recursive=True):
+                child.kill()
+            up.kill()
+            up.wait()
