@@ -38,12 +38,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from medium_model import build_medium_model  # noqa: E402
+
 from services.common.tiny_model import build_tiny_model  # noqa: E402
 from services.eval.metrics import aggregate, encode_conversation, score_samples  # noqa: E402
 
 DATASET = REPO / "services" / "common" / "assets" / "datasets" / "bilingual_chat.jsonl"
-MEDIUM_CONFIG = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=7,
-                     num_attention_heads=8, num_key_value_heads=2)
 MAX_LENGTH = 512
 
 
@@ -80,18 +80,6 @@ def interleaved(fns: dict, repeats: int) -> dict:
     return {name: tuple(v) for name, v in out.items()}
 
 
-def build_medium(tiny_dir: Path, out_dir: Path) -> Path:
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    cfg = json.loads((tiny_dir / "config.json").read_text())
-    config = Qwen2Config(**{**{k: cfg[k] for k in ("vocab_size", "eos_token_id", "pad_token_id",
-                                                    "tie_word_embeddings") if k in cfg}, **MEDIUM_CONFIG})
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(out_dir)
-    return out_dir
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200)
@@ -114,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         tiny = build_tiny_model(Path(tmp) / "tiny-chat")
         folders = {"tiny": tiny}
         if "medium" in args.models.split(","):
-            folders["medium"] = build_medium(tiny, Path(tmp) / "medium")
+            folders["medium"] = build_medium_model(tiny, Path(tmp) / "medium")
         for name in args.models.split(","):
             folder = folders[name]
             tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -42,6 +42,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from medium_model import build_medium_model  # noqa: E402
+
 from services.common.modeling import load_model, resolve_model_source  # noqa: E402
 from services.common.tiny_model import build_tiny_model  # noqa: E402
 from services.inference import engine  # noqa: E402
@@ -51,26 +53,8 @@ from tests.support import InProcessServer, make_config  # noqa: E402
 from wintrain.inference.v1 import inference_pb2 as pb  # noqa: E402
 from wintrain.inference.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
 
-# ~25M parameters with the tiny model's 6144-token vocabulary (tied embeddings).
-MEDIUM_CONFIG = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=7,
-                     num_attention_heads=8, num_key_value_heads=2)
 PROMPT = "请用几句话介绍一下你自己，并说明你能做什么。"
 DATASET = REPO / "services" / "common" / "assets" / "datasets" / "bilingual_chat.jsonl"
-
-
-def build_medium_model(tiny_dir: Path, out_dir: Path) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(str(tiny_dir))
-    for key, value in MEDIUM_CONFIG.items():
-        setattr(config, key, value)
-    config.max_window_layers = MEDIUM_CONFIG["num_hidden_layers"]
-    config.layer_types = ["full_attention"] * MEDIUM_CONFIG["num_hidden_layers"]
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(out_dir))
-    return out_dir
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
