@@ -15,12 +15,12 @@ Exit codes of every `wintrain` command (also in `wintrain --help`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 import services  # noqa: F401  (puts the generated stubs on sys.path)
+from services.common.auth import open_channel
 from services.common.auth import client_metadata
 from services.common.config import Config
 from services.common.rpc_status import decode_rpc_error
@@ -86,12 +86,7 @@ class Clients:
     def channel(self, name: str) -> grpc.Channel:
         if name not in self._channels:
             address = self.address(name)
-            cert = self.config.get("tls.ca_file") or self.config.get("tls.cert_file")
-            if cert:
-                creds = grpc.ssl_channel_credentials(root_certificates=Path(cert).read_bytes())
-                self._channels[name] = grpc.secure_channel(address, creds, options=self._options)
-            else:
-                self._channels[name] = grpc.insecure_channel(address, options=self._options)
+            self._channels[name] = open_channel(self.config, address, options=self._options)
         return self._channels[name]
 
     def stub(self, name: str):

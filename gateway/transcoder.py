@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from services.common.auth import client_metadata
+from services.common.auth import client_metadata, open_channel
 from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import Response
@@ -72,7 +72,7 @@ class Backends:
             self._loop, self._channels, self._callables = loop, {}, {}
         channel = self._channels.get(name)
         if channel is None:
-            channel = self._channels[name] = grpc.aio.insecure_channel(self.addresses[name], options=self._options)
+            channel = self._channels[name] = open_channel(self.config, self.addresses[name], aio=True, options=self._options)
         return channel
 
     def callable(self, spec: RouteSpec):

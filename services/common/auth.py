@@ -97,3 +97,27 @@ def client_metadata(config: Config) -> tuple[tuple[str, str], ...]:
     WINTRAIN_API_KEY."""
     key = os.environ.get("WINTRAIN_API_KEY") or next(iter(load_api_keys(config)), "")
     return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+def channel_credentials(config: Config):
+    """gRPC client credentials when the services serve TLS (`tls.ca_file`, else the server's
+    own `tls.cert_file` as the trusted root), None for plaintext."""
+    import grpc
+
+    root = config.get("tls.ca_file") or (config.get("tls.cert_file") if config.get("tls.key_file") else None)
+    if not root:
+        return None
+    path = Path(root)
+    path = path if path.is_absolute() else config.base_dir / path
+    return grpc.ssl_channel_credentials(root_certificates=path.read_bytes())
+
+
+def open_channel(config: Config, address: str, *, aio: bool = False, options=None):
+    """A channel to one of our services: TLS when configured, plaintext otherwise."""
+    import grpc
+
+    credentials = channel_credentials(config)
+    module = grpc.aio if aio else grpc
+    if credentials is None:
+        return module.insecure_channel(address, options=options)
+    return module.secure_channel(address, credentials, options=options)

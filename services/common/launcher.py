@@ -29,12 +29,14 @@ def _die_with_parent() -> None:  # runs in the child before exec
         pass
 
 
-def _grpc_serving(address: str) -> bool:
+def _grpc_serving(config: Config, address: str) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from services.common.auth import open_channel
+
     try:
-        with grpc.insecure_channel(address) as ch:
+        with open_channel(config, address) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
             return resp.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
@@ -77,7 +79,7 @@ class Launcher:
         while pending:
             self._check_alive()
             for name, address in list(pending.items()):
-                if _grpc_serving(address):
+                if _grpc_serving(self.config, address):
                     print(f"  {name:<10} grpc://{address}  SERVING", flush=True)
                     del pending[name]
             if time.monotonic() > deadline:

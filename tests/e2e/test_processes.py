@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import grpc
@@ -74,6 +75,21 @@ def test_make_run_topology_starts_serves_and_stops_cleanly(tmp_path, tiny_model_
         with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/health", timeout=10) as resp:
             body = json.loads(resp.read())
         assert resp.status == 200 and body["status"] == "healthy"
+
+        # A request id given to the gateway reaches the log lines of every process it touches.
+        request = urllib.request.Request(f"http://127.0.0.1:{api_port}/api/data/validate?file_path=nowhere.jsonl",
+                                         method="POST", headers={"X-Request-Id": "e2e-trace-42"})
+        try:
+            urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and exc.headers["x-request-id"] == "e2e-trace-42"
+        else:  # pragma: no cover
+            raise AssertionError("a missing file must be 404")
+        time.sleep(0.5)
+        for name in ("gateway", "data"):
+            lines = [json.loads(l) for l in (tmp_path / "logs" / f"{name}.log").read_text().splitlines()
+                     if l.startswith("{") and "e2e-trace-42" in l]
+            assert lines and all(l["request_id"] == "e2e-trace-42" for l in lines), name
 
         # Each service's own Prometheus endpoint moves with its work.
         from wintrain.inference.v1 import inference_pb2, inference_pb2_grpc
