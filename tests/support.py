@@ -126,6 +126,27 @@ def wait_for_health(address: str, timeout: float = 60.0, service: str = "") -> N
     raise TimeoutError(f"{address} not SERVING after {timeout}s ({last})")
 
 
+def wait_for_line(proc: subprocess.Popen, marker: str, timeout: float) -> list[str]:
+    """Read `proc`'s text stdout until a line contains `marker` (or it ends, or `timeout`);
+    return the lines read."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if marker in line:
+            break
+    return lines
+
+
+def tail_logs(log_dir: Path, chars: int = 3000) -> str:
+    """The end of every *.log in `log_dir`, for assertion messages."""
+    return "\n".join(f"--- {log.name}\n" + log.read_text(errors="replace")[-chars:]
+                     for log in sorted(Path(log_dir).glob("*.log")))
+
+
 def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process by the caller
     return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -136,26 +136,28 @@ class ModelRegistry:
 
     # -- the cache ------------------------------------------------------------------------
 
+    def _use_locked(self, key: str) -> LoadedModel | None:
+        """The cached entry for `key`, marked most recently used; None when not cached."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            entry.last_used = time.time()
+        return entry
+
     def cached(self, source: ModelSource) -> LoadedModel | None:
         """The loaded model for `source` if it is in the cache (marked used), else None.
         Never blocks on disk or torch, so the event loop may call it."""
         key = self.key_of(source)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                entry.last_used = time.time()
-            return entry
+            return self._use_locked(key)
 
     def get(self, source: ModelSource) -> LoadedModel:
         """The loaded model for `source`, loading it (once, however many ask) when needed.
         Blocks. Raises FailedPrecondition when it cannot be loaded."""
         key = self.key_of(source)
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._use_locked(key)
             if entry is not None:
-                self._entries.move_to_end(key)
-                entry.last_used = time.time()
                 return entry
             pending = self._loading.get(key)
             owner = pending is None
@@ -166,9 +168,8 @@ class ModelRegistry:
         if not owner:
             entry = pending.result()
             with self._lock:
-                entry.last_used = time.time()
-                if key in self._entries:
-                    self._entries.move_to_end(key)
+                self._use_locked(key)
+                entry.last_used = time.time()  # also when it was evicted meanwhile
             return entry
         try:
             entry = self._load(key, source)

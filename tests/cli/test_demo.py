@@ -11,23 +11,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from services.common.config import REPO_ROOT, SERVICE_NAMES
 from tests.cli.conftest import WINTRAIN
-from tests.support import free_port, service_env
+from tests.support import free_port, service_env, tail_logs, wait_for_line
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def _logs(log_dir) -> str:
-    out = []
-    for log in sorted(log_dir.glob("*.log")):
-        out.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
-    return "\n".join(out)
 
 
 def _listening(port: int) -> bool:
@@ -52,7 +44,7 @@ def test_quick_demo_starts_everything_itself_then_wintrain_up_and_status(tmp_pat
     demo = subprocess.run([sys.executable, "-m", "cli.demo", "--quick", "--run-name", "ci"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     output = demo.stdout + demo.stderr
-    assert demo.returncode == 0, output + _logs(ws / "logs" / "ci")
+    assert demo.returncode == 0, output + tail_logs(ws / "logs" / "ci")
     assert "starting Win-Train" in output and "demo passed" in output
     for step in ("data", "LoRA training", "eval: base vs tuned", "chat stream", "batch answers", "ONNX export"):
         assert step in output, step
@@ -70,16 +62,8 @@ def test_quick_demo_starts_everything_itself_then_wintrain_up_and_status(tmp_pat
     up = subprocess.Popen([str(WINTRAIN), "up", "--log-dir", str(log_dir), "--timeout", "240"], cwd=REPO_ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Win-Train is up" in line:
-                break
-        assert any("Win-Train is up" in line for line in lines), "".join(lines) + _logs(log_dir)
+        lines = wait_for_line(up, "Win-Train is up", 300)
+        assert any("Win-Train is up" in line for line in lines), "".join(lines) + tail_logs(log_dir)
 
         status = subprocess.run([str(WINTRAIN), "status", "--json"], env=env, capture_output=True, text=True,
                                 timeout=60)

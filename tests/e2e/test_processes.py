@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.config import REPO_ROOT, SERVICE_NAMES
-from tests.support import free_port, service_env
+from tests.support import free_port, service_env, tail_logs, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -51,17 +51,9 @@ def test_make_run_topology_starts_serves_and_stops_cleanly(tmp_path, tiny_model_
                              "--timeout", "240"],
                             cwd=REPO_ROOT, env=service_env(overrides), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Win-Train is up" in line:
-                break
-        assert any("Win-Train is up" in l for l in lines), "".join(lines) + _logs(tmp_path)
+        lines = wait_for_line(proc, "Win-Train is up", 300)
+        assert any("Win-Train is up" in l for l in lines), "".join(lines) + tail_logs(tmp_path / "logs")
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= len(SERVICE_NAMES) + 1
 
@@ -128,9 +120,3 @@ def _sample(text: str, name: str) -> float:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not exposed")
 
-
-def _logs(tmp_path) -> str:
-    out = []
-    for log in sorted((tmp_path / "logs").glob("*.log")):
-        out.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
-    return "\n".join(out)
