@@ -13,6 +13,11 @@ Both start from the same loaded model and include tokenization. The two run in t
 `--repeats` rounds and the best of each is kept, wall time and this process's CPU time (the
 machine may be shared). Goal: ours >= 3x the original's samples/s at batch 8.
 
+Beside the times it prints the arithmetic each side does (matrix-multiply FLOPs counted from the
+model's config and the token counts, padding included) and this machine's dense fp32 matmul
+rate measured in the same process, so it shows how close to the hardware's limit each side runs
+and the best ratio that arithmetic allows here.
+
 For two models: the embedded tiny chat model and a generated ~25M-parameter Qwen2 (same
 tokenizer, random weights, built into a temporary folder). The losses differ by design: the
 original scores prompt and template tokens too, and averages per-sample means.
@@ -64,6 +69,55 @@ def ours(model, tokenizer, conversations, batch_size: int) -> tuple[float, float
     scores = score_samples(model, samples, batch_size=batch_size, pad_token_id=tokenizer.pad_token_id)
     agg = aggregate(scores)
     return agg.loss, agg.token_accuracy
+
+
+def forward_flops(config, tokens: int, attended: int, head_positions: int) -> float:
+    """Matrix-multiply FLOPs of a decoder forward: projections and MLP for `tokens` positions,
+    attention scores and weighted sums over `attended` (query, key) pairs, the vocabulary
+    projection at `head_positions`. Element-wise work (norms, activations, softmax) is left out."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    kv = config.num_key_value_heads * head_dim
+    per_token = 2 * layers * (h * heads * head_dim + 2 * h * kv + heads * head_dim * h + 3 * h * inter)
+    attention = 2 * 2 * layers * heads * head_dim * attended
+    return per_token * tokens + attention + 2 * h * config.vocab_size * head_positions
+
+
+def arithmetic(config, tokenizer, conversations, batch_size: int) -> tuple[float, float]:
+    """FLOPs of one pass of each side over the rows: the original, every sequence alone with
+    causal attention and the vocabulary projection everywhere; ours, the padded length-sorted
+    batches the service forms, attention over the padded width, the head at scored positions."""
+    samples = [encode_conversation(tokenizer, conv, i, MAX_LENGTH) for i, conv in enumerate(conversations)]
+    original = 0.0
+    for s in samples:
+        n = len(s.input_ids)
+        original += forward_flops(config, n, n * (n + 1) // 2, n)
+    lengths = sorted((len(s.input_ids) for s in samples), reverse=True)
+    scored = sum(s.scored_tokens for s in samples)
+    ours_flops = 2 * config.hidden_size * config.vocab_size * scored
+    for start in range(0, len(lengths), batch_size):
+        chunk = lengths[start:start + batch_size]
+        width = max(chunk)
+        ours_flops += forward_flops(config, width * len(chunk), width * width * len(chunk), 0)
+    return original, ours_flops
+
+
+def matmul_rate(config, windows: int = 5, seconds: float = 0.3) -> float:
+    """This machine's dense fp32 matmul FLOP/s with the current thread setting: the best of
+    a few short windows, at the model's MLP shape over 1024 tokens and at 1024 x 1024 x 1024
+    (whichever runs faster), so a busy moment on a shared machine does not lower it."""
+    best = 0.0
+    for m, k, n in ((1024, config.hidden_size, config.intermediate_size), (1024, 1024, 1024)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(a, b)
+        for _ in range(windows):
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                torch.mm(a, b)
+                count += 1
+            best = max(best, 2 * m * k * n * count / (time.perf_counter() - start))
+    return best
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
@@ -125,6 +179,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"token accuracy {acc:.4f}")
             print(f"  speed-up                 : {sps_ours / sps_orig:.2f}x samples/s, {c_orig / c_ours:.2f}x CPU time"
                   f"  (goal >= 3x)")
+            f_orig, f_ours = arithmetic(model.config, tokenizer, rows, args.batch_size)
+            if args.device == "cpu":
+                rate = matmul_rate(model.config)
+                print(f"  arithmetic               : original {f_orig / 1e9:.1f} GFLOP, ours {f_ours / 1e9:.1f} GFLOP "
+                      f"(x{f_orig / f_ours:.2f} less)")
+                print(f"  matmul rate              : original {f_orig / t_orig / 1e9:.1f} GFLOP/s, ours "
+                      f"{f_ours / t_ours / 1e9:.1f} GFLOP/s; this machine's dense fp32 matmul {rate / 1e9:.1f} GFLOP/s")
+                print(f"  bound                    : ours at that rate would take {f_ours / rate:.2f} s, "
+                      f"a ratio of x{t_orig / (f_ours / rate):.2f} at best for this arithmetic")
             del model
     return 0
 
