@@ -54,6 +54,8 @@ _POSITIVE_NUMBER_KEYS = {
     "api.default_deadline_seconds", "server.grace_seconds", "train.cancel_grace_seconds",
     "export.parity_tolerance",
 }
+# Positive whole numbers or null (thread counts: null keeps the library's own default).
+_THREAD_KEYS = {"model.torch_threads", "train.worker_threads"}
 _BOOL_KEYS = {"inference.auto_load", "model.safetensors_only", "model.trust_remote_code"}
 _CHOICES = {
     "model.device": {"auto", "cpu", "cuda"},
@@ -143,6 +145,10 @@ class Config:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"config: {key} must be a number > 0, got {value!r}")
+        for key in sorted(_THREAD_KEYS):
+            value = self.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"config: {key} must be a whole number >= 1 or null, got {value!r}")
         for key in sorted(_BOOL_KEYS):
             value = self.get(key)
             if value is not None and not isinstance(value, bool):

@@ -340,6 +340,24 @@ async def serve(config: Config, name: str, register: Register) -> None:
     log.info("stopped")
 
 
+def apply_torch_threads(config: Config) -> int | None:
+    """Make `model.torch_threads` this process's CPU thread count, before torch is imported
+    when possible (OMP_NUM_THREADS, which child processes inherit too) and through torch when
+    it already is. Returns the count applied, or None when the setting is null."""
+    import os
+    import sys
+
+    threads = config.get("model.torch_threads")
+    if not threads:
+        return None
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(threads))
+    return int(threads)
+
+
 def run_service(name: str, register: Register) -> None:
     """Entry point of `python -m services.<name>`: config (fail fast), logging, serve."""
     import sys
@@ -352,6 +370,7 @@ def run_service(name: str, register: Register) -> None:
         print(f"wintrain-{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     setup_logging(name, str(config.get("logging.level", "INFO")))
+    apply_torch_threads(config)
     try:
         asyncio.run(serve(config, name, register))
     except ConfigError as exc:

@@ -233,7 +233,7 @@ class Scheduler:
             env["WINTRAIN_WORKER_PARENT_PID"] = str(os.getpid())
             env["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
             env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-            threads = self.config.get("train.worker_threads")
+            threads = self.config.get("train.worker_threads") or self.config.get("model.torch_threads")
             if threads:
                 env["OMP_NUM_THREADS"] = str(threads)
             path_entries = [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])

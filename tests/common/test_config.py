@@ -39,6 +39,8 @@ def test_environment_overrides_any_key():
     ({"WINTRAIN__MODEL__DEVICE": "tpu"}, "model.device"),
     ({"WINTRAIN__STORAGE__WORKSPACE": ""}, "storage.workspace"),
     ({"WINTRAIN__SERVER__GRACE_SECONDS": "-1"}, "server.grace_seconds"),
+    ({"WINTRAIN__MODEL__TORCH_THREADS": "0"}, "model.torch_threads"),
+    ({"WINTRAIN__TRAIN__WORKER_THREADS": "two"}, "train.worker_threads"),
 ])
 def test_bad_value_fails_naming_the_key(env, needle):
     with pytest.raises(ConfigError) as err:
@@ -62,3 +64,31 @@ def test_service_process_refuses_to_start_on_bad_config():
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "services.data.port" in proc.stderr and "banana" in proc.stderr
+
+
+def test_torch_threads_setting_reaches_torch():
+    """model.torch_threads becomes the thread count of torch in a service process, whether
+    torch is imported before the setting is applied or after (through OMP_NUM_THREADS)."""
+    code = (
+        "import os, sys\n"
+        "from services.common.config import load_config\n"
+        "from services.common.server import apply_torch_threads\n"
+        "early = sys.argv[1] == 'early'\n"
+        "if early: import torch\n"
+        "applied = apply_torch_threads(load_config())\n"
+        "import torch\n"
+        "print(applied, torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])\n"
+    )
+    for order in ("early", "late"):
+        env = {"PATH": "/usr/bin:/bin", "WINTRAIN__MODEL__TORCH_THREADS": "1", "OMP_NUM_THREADS": "2"}
+        proc = subprocess.run([sys.executable, "-c", code, order], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["1", "1", "1"], (order, proc.stdout)
+
+
+def test_torch_threads_null_leaves_torch_alone():
+    cfg = load_config(REPO_ROOT / "config.yaml", env={})
+    assert cfg.get("model.torch_threads") is None
+    from services.common.server import apply_torch_threads
+    assert apply_torch_threads(cfg) is None
