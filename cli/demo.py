@@ -481,12 +481,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.config:
         os.environ["WINTRAIN_CONFIG"] = os.path.abspath(args.config)
-    from services.common.auth import client_metadata
+    from services.common.auth import client_metadata, gateway_url, https_verify
 
     headers = {k.title(): v for k, v in client_metadata(config)}
-    scheme = "https" if config.get("tls.cert_file") else "http"
-    url = args.url or f"{scheme}://{config.get('api.host', '127.0.0.1')}:{config.get('api.port', 8801)}"
-    verify = config.get("tls.ca_file") or config.get("tls.cert_file") or True
+    url = args.url or gateway_url(config)
+    verify = https_verify(config)
     gw = Gateway(url, headers, verify)
     run_name = args.run_name or time.strftime("demo-%Y%m%d-%H%M%S")
     stack: LocalStack | None = None

@@ -20,7 +20,8 @@ from cli import train as train_cmd
 from cli.client import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, Clients
 from cli.client import __doc__ as EXIT_CODES_DOC
 from cli.output import Output, fmt_bytes, fmt_num
-from services.common.config import SERVICE_NAMES, Config, ConfigError, load_config
+from services.common.config import SERVICE_NAMES, ConfigError, load_config
+from services.common.auth import gateway_url, https_verify
 from wintrain.data.v1 import data_pb2
 from wintrain.eval.v1 import eval_pb2
 from wintrain.export.v1 import export_pb2
@@ -29,11 +30,6 @@ LONG_DEADLINE = 3600.0
 
 
 # -- services and gateway health -----------------------------------------------------------------
-
-def _gateway_url(config: Config) -> str:
-    scheme = "https" if config.get("tls.cert_file") else "http"
-    return f"{scheme}://{config.get('api.host', '127.0.0.1')}:{config.get('api.port', 8801)}"
-
 
 def cmd_status(args, clients: Clients, out: Output) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -50,12 +46,12 @@ def cmd_status(args, clients: Clients, out: Output) -> int:
             state = "UNREACHABLE" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
                 else (code.name if code else "UNKNOWN")
         report[name] = {"address": address, "status": state}
-    url = _gateway_url(clients.config)
+    url = gateway_url(clients.config)
     gateway = {"address": url, "status": "UNREACHABLE"}
     try:
         import httpx
 
-        verify = clients.config.get("tls.ca_file") or clients.config.get("tls.cert_file") or True
+        verify = https_verify(clients.config)
         resp = httpx.get(url + "/health", timeout=args.timeout or 3, verify=verify)
         body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
         gateway["status"] = "SERVING" if resp.status_code == 200 and body.get("status") == "healthy" \

@@ -19,18 +19,17 @@ def main() -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from services.common.auth import check_bind_allowed, load_api_keys
+    from services.common.auth import check_bind_allowed, load_api_keys, tls_server_files
 
     host = str(config.get("api.host", "127.0.0.1"))
     try:
         check_bind_allowed(host, "api.host", config, load_api_keys(config))
+        files = tls_server_files(config)
         app = create_app(config)
     except ValueError as exc:  # a bad setting or http annotation (ConfigError too): fail fast, naming it
         print(f"wintrain-gateway: {exc}", file=sys.stderr)
         return 2
-    tls = {}
-    if config.get("tls.cert_file") and config.get("tls.key_file"):
-        tls = {"ssl_certfile": str(config.get("tls.cert_file")), "ssl_keyfile": str(config.get("tls.key_file"))}
+    tls = {"ssl_certfile": str(files[0]), "ssl_keyfile": str(files[1])} if files else {}
     server = _quiet_server(uvicorn.Config(
         app,
         host=host,

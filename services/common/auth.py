@@ -99,17 +99,58 @@ def client_metadata(config: Config) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),) if key else ()
 
 
+def _config_path(config: Config, key: str) -> Path | None:
+    value = config.get(key)
+    if not value:
+        return None
+    path = Path(str(value))
+    return path if path.is_absolute() else config.base_dir / path
+
+
+def tls_server_files(config: Config) -> tuple[Path, Path] | None:
+    """(certificate, private key) a server (gRPC service or gateway) serves TLS with, paths
+    relative to the config file's folder; None for plaintext. One without the other is a
+    ConfigError."""
+    cert, key = _config_path(config, "tls.cert_file"), _config_path(config, "tls.key_file")
+    if (cert is None) != (key is None):
+        raise ConfigError("config: tls.cert_file and tls.key_file must be set together (or neither)")
+    return (cert, key) if cert is not None else None
+
+
+def tls_root_file(config: Config) -> Path | None:
+    """The certificate our own clients trust: `tls.ca_file`, else the server's own
+    `tls.cert_file` (self-signed deployments); None when TLS is off."""
+    ca = _config_path(config, "tls.ca_file")
+    if ca is not None:
+        return ca
+    files = tls_server_files(config)
+    return files[0] if files else None
+
+
+def https_verify(config: Config):
+    """What an httpx client of our gateway passes as `verify`: an SSL context trusting
+    `tls_root_file`, or True (the system's roots) when TLS is off."""
+    import ssl
+
+    root = tls_root_file(config)
+    return ssl.create_default_context(cafile=str(root)) if root is not None else True
+
+
+def gateway_url(config: Config) -> str:
+    """Where the gateway listens: https when TLS is configured."""
+    scheme = "https" if tls_server_files(config) else "http"
+    return f"{scheme}://{config.get('api.host', '127.0.0.1')}:{config.get('api.port', 8801)}"
+
+
 def channel_credentials(config: Config):
-    """gRPC client credentials when the services serve TLS (`tls.ca_file`, else the server's
-    own `tls.cert_file` as the trusted root), None for plaintext."""
+    """gRPC client credentials when the services serve TLS (see `tls_root_file`), None for
+    plaintext."""
     import grpc
 
-    root = config.get("tls.ca_file") or (config.get("tls.cert_file") if config.get("tls.key_file") else None)
-    if not root:
+    root = tls_root_file(config)
+    if root is None:
         return None
-    path = Path(root)
-    path = path if path.is_absolute() else config.base_dir / path
-    return grpc.ssl_channel_credentials(root_certificates=path.read_bytes())
+    return grpc.ssl_channel_credentials(root_certificates=root.read_bytes())
 
 
 def open_channel(config: Config, address: str, *, aio: bool = False, options=None):

@@ -1,5 +1,8 @@
 """gRPC health probe for container health checks: `python -m services.common.healthcheck
-HOST:PORT [SERVICE]` exits 0 when the server answers SERVING, 1 otherwise."""
+HOST:PORT [SERVICE]` exits 0 when the server answers SERVING, 1 otherwise.
+
+It reads the same config as the services (WINTRAIN_CONFIG / WINTRAIN__… overrides), so with
+`tls.*` set it checks over TLS; without a readable config it probes in plaintext."""
 
 from __future__ import annotations
 
@@ -15,8 +18,15 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m services.common.healthcheck HOST:PORT [SERVICE]", file=sys.stderr)
         return 2
     address, service = args[0], (args[1] if len(args) > 1 else "")
+    from services.common.auth import open_channel
+    from services.common.config import ConfigError, load_config
+
     try:
-        with grpc.insecure_channel(address) as channel:
+        config = load_config()
+    except ConfigError:
+        config = None
+    try:
+        with (open_channel(config, address) if config is not None else grpc.insecure_channel(address)) as channel:
             resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
     except grpc.RpcError as exc:
         print(f"{address}: {exc.code().name}", file=sys.stderr)

@@ -11,9 +11,11 @@ import argparse
 import ctypes
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -43,11 +45,17 @@ def _grpc_serving(config: Config, address: str) -> bool:
         return False
 
 
-def _http_up(url: str) -> bool:
+def _http_up(url: str, root: Path | None = None) -> bool:
+    """GET `url` gets an HTTP answer, https verified against `root` (our own CA or a
+    self-signed cert). Any status counts: the gateway's /health answers 503 while a backend it
+    knows is not started (`--services` picks a subset), and it is up all the same."""
+    context = ssl.create_default_context(cafile=str(root)) if root is not None else None
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
-            return resp.status == 200
-    except OSError:
+        with urllib.request.urlopen(url, timeout=2, context=context):  # noqa: S310 - our gateway
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:  # refused, TLS failure (URLError and ssl errors are OSErrors)
         return False
 
 
@@ -87,8 +95,10 @@ class Launcher:
             time.sleep(0.3)
         if self.gateway:
             self._spawn("gateway", "gateway")
-            url = f"http://{self.config.get('api.host')}:{self.config.get('api.port')}"
-            while not _http_up(url + "/health"):
+            from services.common.auth import gateway_url, tls_root_file
+
+            url, root = gateway_url(self.config), tls_root_file(self.config)
+            while not _http_up(url + "/health", root):
                 self._check_alive()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"gateway not healthy at {url}/health after {timeout:.0f}s")

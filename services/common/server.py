@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import Config
-from services.common.auth import check_bind_allowed, grpc_auth_guard, load_api_keys
+from services.common.auth import check_bind_allowed, grpc_auth_guard, load_api_keys, tls_server_files
 from services.common.errors import ServiceError, Unavailable
 from services.common.metrics import RPC_STREAMS_OPEN, rpc_observer, start_metrics_server
 from services.common.logging_setup import new_request_id, request_id_var, setup_logging
@@ -310,9 +310,10 @@ def create_server(
         server,
     )
     bind_port = config.get(f"services.{name}.port") if port is None else port
-    cert, key = config.get("tls.cert_file"), config.get("tls.key_file")
-    if cert and key:
-        credentials = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])
+    tls = tls_server_files(config)
+    if tls is not None:
+        cert, key = tls
+        credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
         bound = server.add_secure_port(f"{bind_host}:{bind_port}", credentials)
     else:
         bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
