@@ -162,9 +162,21 @@ def query_to_json(spec: RouteSpec, request: Request, skip: set[str]) -> dict:
                 desc = fd.message_type
         if fd is None or (fd.message_type is not None):
             continue
-        values = params.getlist(key)
+        values = [_query_scalar(fd, v) for v in params.getlist(key)]
         _set_path(tree, tuple(resolved), values if fd.is_repeated else values[-1])
     return tree
+
+
+_QUERY_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _query_scalar(fd, value: str):
+    """A query-string value as JSON would carry it: `true`/`false` (and 1/0, any case) are
+    booleans for bool fields, as grpc-gateway reads them; everything else stays a string, which
+    protobuf's JSON parser reads for numbers and enums and rejects, naming the field, when wrong."""
+    if fd.type == fd.TYPE_BOOL:
+        return _QUERY_BOOLS.get(value.strip().lower(), value)
+    return value
 
 
 def _path_values(spec: RouteSpec, request: Request) -> dict:

@@ -156,7 +156,8 @@ class FakeTrain(train_pb2_grpc.TrainServiceServicer):
         for i in range(3):
             yield train_pb2.TrainingEvent(sequence=2**40 + i, task_id=request.task_id,
                                           kind=train_pb2.EVENT_KIND_PROGRESS, status=train_pb2.TASK_STATUS_RUNNING,
-                                          current_step=i)
+                                          current_step=i,
+                                          message=f"replay={request.replay} from={request.from_sequence}")
             if request.task_id == "fail-mid" and i == 1:
                 raise FailedPrecondition("worker died")
 

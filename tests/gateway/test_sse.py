@@ -8,6 +8,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 
 def sse_events(text: str) -> list[str]:
@@ -41,6 +42,22 @@ def test_watch_stream_get_with_path_param_and_int64_numbers(client):
     assert [p["sequence"] for p in payloads] == [2**40, 2**40 + 1, 2**40 + 2]
     assert {p["kind"] for p in payloads} == {"progress"} and payloads[0]["status"] == "running"
     assert all(p["task_id"] == "t-5" for p in payloads)
+
+
+@pytest.mark.parametrize("query,seen", [
+    ({"replay": "true"}, "replay=True from=0"), ({"replay": "1"}, "replay=True from=0"),
+    ({"replay": "FALSE", "from_sequence": "7"}, "replay=False from=7"), ({}, "replay=False from=0"),
+])
+def test_watch_query_booleans_and_numbers_reach_the_request(client, query, seen):
+    r = client.get("/api/train/watch/t-5", params=query)
+    payloads = [json.loads(e) for e in sse_events(r.text)[:-1]]
+    assert payloads and all(p["message"] == seen for p in payloads)
+
+
+def test_a_query_boolean_that_is_not_one_is_400_naming_the_field(client):
+    r = client.get("/api/train/watch/t-5", params={"replay": "perhaps"})
+    assert r.status_code == 400
+    assert [d["field"] for d in r.json()["details"]] == ["replay"]
 
 
 def test_error_mid_stream_is_an_error_event_then_done(client):
