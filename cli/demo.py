@@ -313,8 +313,8 @@ class Demo:
                             console=self.console, disable=not live)
         with progress:
             bar = progress.add_task("train", total=1, status="pending", loss="-", lr="-", tps="-", eta="-", eval="")
-            # from_sequence=1: every stored event after the task's creation, none missed.
-            for event in self.gw.sse("GET", f"/api/train/watch/{task_id}", params={"from_sequence": 1}):
+            # replay: every stored event from the task's creation on, none missed.
+            for event in self.gw.sse("GET", f"/api/train/watch/{task_id}", params={"replay": "true"}):
                 kind = event.get("kind")
                 if kind == "progress" and event.get("loss"):
                     losses.append(float(event["loss"]))

@@ -5,9 +5,6 @@
 
 const TASK_POLL_MS = 2000;
 const HEALTH_POLL_MS = 5000;
-// Replay the task's stored events so the chart shows its whole history: sequence 1 is the
-// task's creation (no numbers), everything after it is replayed (0 would be a snapshot only).
-const WATCH_FROM_START = 1;
 const TERMINAL = new Set(["completed", "failed", "cancelled", "interrupted"]);
 
 const $ = (sel) => document.querySelector(sel);
@@ -294,8 +291,10 @@ function drawChart(canvas, train, evals) {
 // Watching a task (EventSource; with an API key, fetch + reader, as EventSource sends no headers)
 
 function watchUrl(taskId) {
-  const from = chart.lastSeq > 0 ? chart.lastSeq : WATCH_FROM_START;
-  return `/api/train/watch/${encodeURIComponent(taskId)}?from_sequence=${from}`;
+  // Opening a task replays its whole history into the chart; a reconnect resumes after the
+  // last event drawn.
+  const query = chart.lastSeq > 0 ? `from_sequence=${chart.lastSeq}` : "replay=true";
+  return `/api/train/watch/${encodeURIComponent(taskId)}?${query}`;
 }
 
 function closeWatch() {

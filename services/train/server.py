@@ -119,7 +119,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
 
     async def WatchTraining(self, request, context):
         apply_defaults(request)
-        async for item in self.jobs.watch(request.task_id, request.from_sequence):
+        async for item in self.jobs.watch(request.task_id, request.from_sequence, request.replay):
             yield event_to_proto(item)
 
     async def CancelTraining(self, request, context):

@@ -140,13 +140,20 @@ class TrainingJobs:
         self.scheduler.wake()
         return self._task(task_id)
 
-    async def watch(self, task_id: str, from_sequence: int) -> AsyncIterator[TaskRecord | EventRecord]:
-        """A snapshot (when `from_sequence` is 0), then every stored event after the last one
-        seen, until the task is in a terminal state with no event left to send."""
-        task = self._task(task_id)
+    async def watch(self, task_id: str, from_sequence: int,
+                    replay: bool = False) -> AsyncIterator[TaskRecord | EventRecord]:
+        """A snapshot (when `from_sequence` is 0 and not `replay`), then every stored event
+        after the last one seen (all of them with `replay`), until the task is in a terminal
+        state with no event left to send."""
         if from_sequence < 0:
             raise InvalidArgument.for_field("from_sequence", "must be >= 0")
-        if from_sequence == 0:
+        if replay and from_sequence:
+            raise InvalidArgument.for_field(
+                "replay", "cannot be combined with from_sequence (replay starts at the first event)")
+        task = self._task(task_id)
+        if replay:
+            last = 0
+        elif from_sequence == 0:
             yield task
             last = task.last_sequence
         else:

@@ -87,9 +87,10 @@ def wait_terminal(stub, task_id: str, timeout: float = 240) -> train_pb2.Trainin
     return wait_for(stub, task_id, lambda t: t.status in TERMINAL, timeout, "a terminal state")
 
 
-def watch(stub, task_id: str, from_sequence: int = 0, timeout: float = 300) -> list[train_pb2.TrainingEvent]:
-    return list(stub.WatchTraining(train_pb2.WatchTrainingRequest(task_id=task_id, from_sequence=from_sequence),
-                                   timeout=timeout))
+def watch(stub, task_id: str, from_sequence: int = 0, timeout: float = 300,
+          replay: bool = False) -> list[train_pb2.TrainingEvent]:
+    request = train_pb2.WatchTrainingRequest(task_id=task_id, from_sequence=from_sequence, replay=replay)
+    return list(stub.WatchTraining(request, timeout=timeout))
 
 
 def rpc_error(fn, *args, **kwargs) -> grpc.RpcError:

@@ -268,6 +268,14 @@ def test_watch_replays_by_sequence_and_ends_on_a_terminal_task(workspace, train_
         assert watch(stub, "task-0", from_sequence=99, timeout=10) == []
         f = failure(watch, stub, "task-0", from_sequence=-1, timeout=10)
         assert (f.code, fields(f)) == ("INVALID_ARGUMENT", {"from_sequence"})
+        # replay: every stored event from the creation on, no snapshot.
+        everything = watch(stub, "task-0", replay=True, timeout=10)
+        assert [e.sequence for e in everything] == [1, 2, 3, 4, 5, 6]
+        assert everything[0].kind == train_pb2.EVENT_KIND_STATUS
+        assert everything[0].status == train_pb2.TASK_STATUS_PENDING
+        f = failure(watch, stub, "task-0", from_sequence=2, replay=True, timeout=10)
+        assert (f.code, fields(f)) == ("INVALID_ARGUMENT", {"replay"})
+        assert failure(watch, stub, "no-such-task", replay=True, timeout=10).code == "NOT_FOUND"
 
 
 def test_a_file_that_is_not_a_job_store_stops_start_up(workspace, train_config):

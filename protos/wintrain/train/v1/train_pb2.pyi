@@ -218,12 +218,14 @@ class ListTrainingTasksResponse(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[TrainingTask, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchTrainingRequest(_message.Message):
-    __slots__ = ("task_id", "from_sequence")
+    __slots__ = ("task_id", "from_sequence", "replay")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     from_sequence: int
-    def __init__(self, task_id: _Optional[str] = ..., from_sequence: _Optional[int] = ...) -> None: ...
+    replay: bool
+    def __init__(self, task_id: _Optional[str] = ..., from_sequence: _Optional[int] = ..., replay: _Optional[bool] = ...) -> None: ...
 
 class TrainingEvent(_message.Message):
     __slots__ = ("sequence", "task_id", "kind", "status", "progress", "current_step", "total_steps", "loss", "learning_rate", "epoch", "grad_norm", "tokens_per_second", "eta_seconds", "metrics", "message", "timestamp")

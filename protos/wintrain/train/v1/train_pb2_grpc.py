@@ -99,7 +99,8 @@ class TrainServiceServicer:
 
     def WatchTraining(self, request, context):
         """Streams the task's progress events from now on (or replays from
-        `from_sequence`) and ends once the task is in a terminal state.
+        `from_sequence`, or all of them with `replay`) and ends once the task is
+        in a terminal state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
