@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from medium_model import build_medium_model  # noqa: E402
 
 from services.common.tiny_model import build_tiny_model  # noqa: E402
-from services.eval.metrics import aggregate, encode_conversation, score_samples  # noqa: E402
+from services.eval.metrics import aggregate, encode_conversations, score_samples  # noqa: E402
 
 DATASET = REPO / "services" / "common" / "assets" / "datasets" / "bilingual_chat.jsonl"
 MAX_LENGTH = 512
@@ -65,7 +65,7 @@ def original_loop(model, tokenizer, conversations) -> float:
 
 
 def ours(model, tokenizer, conversations, batch_size: int) -> tuple[float, float]:
-    samples = [encode_conversation(tokenizer, conv, i, MAX_LENGTH) for i, conv in enumerate(conversations)]
+    samples = encode_conversations(tokenizer, conversations, MAX_LENGTH)
     scores = score_samples(model, samples, batch_size=batch_size, pad_token_id=tokenizer.pad_token_id)
     agg = aggregate(scores)
     return agg.loss, agg.token_accuracy
@@ -88,7 +88,7 @@ def arithmetic(config, tokenizer, conversations, batch_size: int) -> tuple[float
     """FLOPs of one pass of each side over the rows: the original, every sequence alone with
     causal attention and the vocabulary projection everywhere; ours, the padded length-sorted
     batches the service forms, attention over the padded width, the head at scored positions."""
-    samples = [encode_conversation(tokenizer, conv, i, MAX_LENGTH) for i, conv in enumerate(conversations)]
+    samples = encode_conversations(tokenizer, conversations, MAX_LENGTH)
     original = 0.0
     for s in samples:
         n = len(s.input_ids)

@@ -197,11 +197,10 @@ def _evaluate_loaded(job, config, rows, skipped, model, tokenizer, openai, wants
         token_metrics.check_chat_template(tokenizer)
         max_length = int(config.get("eval.max_length", 512))
         encoded = []
-        for i, row in enumerate(rows):
-            try:
-                sample = token_metrics.encode_conversation(tokenizer, row.messages, i, max_length)
-            except Exception as exc:  # noqa: BLE001 - a template that cannot render this row
-                log.warning("row %s cannot be rendered: %s", row.number, exc)
+        for row, sample in zip(rows, token_metrics.encode_conversations(tokenizer, [r.messages for r in rows],
+                                                                        max_length)):
+            if isinstance(sample, Exception):  # a template that cannot render this row
+                log.warning("row %s cannot be rendered: %s", row.number, sample)
                 skipped["render_failed"] += 1
                 continue
             if sample.scored_tokens == 0:

@@ -10,7 +10,7 @@ import pytest
 from services.common.errors import InvalidArgument
 from services.common.modeling import resolve_model_source
 from services.eval.generation_metrics import exact_match, normalize_answer, qa_item
-from services.eval.metrics import aggregate, encode_conversation, score_samples
+from services.eval.metrics import aggregate, encode_conversation, encode_conversations, score_samples
 from services.eval.runner import EvalJob, parse_metrics, run_evaluation
 from tests.eval.conftest import BILINGUAL, QA_FACTS, read_conversations, write_rows
 
@@ -71,6 +71,28 @@ def test_mask_covers_exactly_assistant_content_and_end_token(tiny_model_dir):
     expected = "".join(m["content"] + "<|im_end|>" for m in conv if m["role"] == "assistant")
     assert tok.decode(scored) == expected
     assert not sample.truncated
+
+
+def test_batched_encoding_matches_one_by_one_and_isolates_a_row_the_template_refuses(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from services.common.tiny_model import CHAT_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    convs = read_conversations(BILINGUAL, 40)
+    single = [encode_conversation(tok, c, i, 128) for i, c in enumerate(convs)]
+    assert encode_conversations(tok, convs, 128, chunk=16) == single
+    assert any(s.truncated for s in single) and not all(s.truncated for s in single)
+
+    tok.chat_template = CHAT_TEMPLATE + (
+        "{%- if messages[0]['content'] == 'boom' %}{{ raise_exception('boom row') }}{%- endif %}")
+    bad = [{"role": "user", "content": "boom"}, {"role": "assistant", "content": "x"}]
+    out = encode_conversations(tok, convs[:5] + [bad] + convs[5:9], 512, chunk=4)
+    assert len(out) == 10
+    assert isinstance(out[5], Exception) and "boom row" in str(out[5])
+    good = [s for s in out if not isinstance(s, Exception)]
+    assert [s.index for s in good] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert [s.input_ids for s in good] == [encode_conversation(tok, c, 0, 512).input_ids for c in convs[:9]]
 
 
 def test_batch_size_does_not_change_token_weighted_metrics(tiny_model_dir):
