@@ -58,7 +58,7 @@ def original_loop(model, tokenizer, conversations) -> float:
     with torch.no_grad():
         for conv in conversations:
             text = tokenizer.apply_chat_template(conv, tokenize=False)
-            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=MAX_LENGTH)
+            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=MAX_LENGTH).to(model.device)
             out = model(**enc, labels=enc["input_ids"])
             losses.append(out.loss.item())
     return sum(losses) / len(losses)
