@@ -9,8 +9,29 @@ from services.common.config import Config
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 
 
+# Linux's limits (NAME_MAX, PATH_MAX): longer names fail in the kernel, so they are refused
+# up front as bad input rather than surfacing as an OSError later.
+_NAME_MAX_BYTES = 255
+_PATH_MAX_BYTES = 4096
+
+
 def _is_within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+def _shown(raw: str, limit: int = 120) -> str:
+    """The client's path for an error message, cut when very long."""
+    text = str(raw)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _check_lengths(path: Path, field: str) -> None:
+    if len(os.fsencode(str(path))) > _PATH_MAX_BYTES:
+        raise InvalidArgument.for_field(field, f"path is too long (over {_PATH_MAX_BYTES} bytes)")
+    for part in path.parts:
+        if len(os.fsencode(part)) > _NAME_MAX_BYTES:
+            raise InvalidArgument.for_field(
+                field, f"a path component is too long ({len(os.fsencode(part))} bytes; at most {_NAME_MAX_BYTES})")
 
 
 def resolve_allowed_path(
@@ -25,8 +46,8 @@ def resolve_allowed_path(
     check it against `storage.allowed_roots`.
 
     `expect` is "file" or "dir" to require that kind when the path exists.
-    Raises InvalidArgument (empty path, wrong kind), PermissionDenied (outside the roots),
-    NotFound (missing while `must_exist`).
+    Raises InvalidArgument (empty path, names too long for the filesystem, wrong kind),
+    PermissionDenied (outside the roots), NotFound (missing while `must_exist`).
     """
     if raw is None or not str(raw).strip():
         raise InvalidArgument.for_field(field, "must not be empty")
@@ -35,19 +56,29 @@ def resolve_allowed_path(
     candidate = Path(os.path.expanduser(str(raw).strip()))
     if not candidate.is_absolute():
         candidate = config.workspace / candidate
-    # resolve() follows every symlink on the way, so a link pointing out is caught here.
-    resolved = candidate.resolve(strict=False)
+    _check_lengths(candidate, field)
+    try:
+        # resolve() follows every symlink on the way, so a link pointing out is caught here.
+        resolved = candidate.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # a symlink loop, an unreadable folder on the way
+        raise InvalidArgument.for_field(field, f"path {_shown(raw)} cannot be resolved: {exc}") from exc
     roots = config.allowed_roots
     if not any(_is_within(resolved, root) for root in roots):
         allowed = ", ".join(str(r) for r in roots)
-        raise PermissionDenied(f"{field}: path {raw!r} is outside the allowed roots ({allowed})",
+        raise PermissionDenied(f"{field}: path {_shown(raw)} is outside the allowed roots ({allowed})",
                                [(field, f"outside the allowed roots ({allowed})")])
-    if must_exist and not resolved.exists():
-        raise NotFound(f"{field}: {raw!r} does not exist", [(field, "does not exist")])
-    if resolved.exists() and expect == "file" and not resolved.is_file():
-        raise InvalidArgument.for_field(field, f"{raw!r} is a directory, expected a file")
-    if resolved.exists() and expect == "dir" and not resolved.is_dir():
-        raise InvalidArgument.for_field(field, f"{raw!r} is a file, expected a directory")
+    _check_lengths(resolved, field)  # a symlink may point at a longer path
+    try:
+        exists = resolved.exists()
+        is_file, is_dir = (resolved.is_file(), resolved.is_dir()) if exists else (False, False)
+    except OSError as exc:
+        raise InvalidArgument.for_field(field, f"path {_shown(raw)} cannot be used: {exc.strerror}") from exc
+    if must_exist and not exists:
+        raise NotFound(f"{field}: {_shown(raw)} does not exist", [(field, "does not exist")])
+    if exists and expect == "file" and not is_file:
+        raise InvalidArgument.for_field(field, f"{_shown(raw)} is a directory, expected a file")
+    if exists and expect == "dir" and not is_dir:
+        raise InvalidArgument.for_field(field, f"{_shown(raw)} is a file, expected a directory")
     return resolved
 
 

@@ -58,3 +58,29 @@ def test_missing_empty_and_wrong_kind(cfg):
     assert err.value.field_violations == [("file_path", "must not be empty")]
     with pytest.raises(InvalidArgument, match="directory"):
         resolve_allowed_path(".", cfg, field="file_path", must_exist=True, expect="file")
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ("a" * 300, "component is too long"),
+    ("datasets/" + "/".join(["b" * 200] * 25), "path is too long"),
+], ids=["long-name", "long-path"])
+def test_names_the_filesystem_cannot_hold_are_invalid_argument_not_os_errors(cfg, raw, needle):
+    with pytest.raises(InvalidArgument) as err:
+        resolve_allowed_path(raw, cfg, field="output_dir", must_exist=True)
+    [(field, description)] = err.value.field_violations
+    assert field == "output_dir" and needle in description
+
+
+def test_a_symlink_loop_is_invalid_argument(cfg):
+    os.symlink(cfg.workspace / "loop-b", cfg.workspace / "loop-a")
+    os.symlink(cfg.workspace / "loop-a", cfg.workspace / "loop-b")
+    with pytest.raises(InvalidArgument) as err:
+        resolve_allowed_path("loop-a/file.jsonl", cfg, field="file_path", must_exist=True)
+    assert "file_path" in err.value.message
+
+
+def test_a_very_long_missing_path_is_shown_shortened(cfg):
+    raw = "x" * 200
+    with pytest.raises(NotFound) as err:
+        resolve_allowed_path(raw, cfg, field="file_path", must_exist=True)
+    assert "(200 characters)" in err.value.message and raw not in err.value.message

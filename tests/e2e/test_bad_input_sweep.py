@@ -1,0 +1,147 @@
+"""Bad input never gets a 500. Every route the gateway publishes in /openapi.json is called
+with malformed bodies, wrong-typed fields (one at a time, nested fields too), hostile strings,
+bad query and path values, against all five real services behind the real gateway. Each answer
+must be a 4xx with the error body (or a 2xx where the value happened to be acceptable): a 5xx
+is a bug, whatever the input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx
+import pytest
+
+from services.common.tiny_model import DATASETS_DIR
+from services.data.server import register as register_data
+from services.eval.server import register as register_eval
+from services.export.server import register as register_export
+from services.inference.server import register as register_inference
+from services.train.server import register as register_train
+from tests.gateway.helpers import GatewayServer, point_gateway_at
+from tests.support import InProcessServer, make_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+HOSTILE_STRINGS = ["", "../../../etc/passwd", "/etc/shadow", "nul\x00byte", "a" * 20000, "%2e%2e/%2e%2e", "😀" * 50]
+BAD_BY_TYPE = {
+    "integer": ["abc", 1.5, -1, 2**31, 2**63, -(2**63) - 1, True, None, [], {}],
+    "number": ["abc", -1, -1e300, 1e300, True, [], {}],
+    "string": [123, 1.5, True, [], {}] + HOSTILE_STRINGS,
+    "boolean": ["maybe", 2, [], {}],
+    "array": ["text", 5, {}, [None], [123], [[]], [{}]],
+    "object": ["text", 5, [], {"no_such_field": 1}],
+}
+WHOLE_BODIES = [b"", b"{", b"[]", b'"text"', b"null", b"123", b'{"a": NaN}', b"\xff\xfe", b"{}" + b" " * 10]
+
+
+def _resolve(spec: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def _kind(spec: dict, schema: dict) -> str:
+    schema = _resolve(spec, schema)
+    if "enum" in schema:
+        return "enum"
+    if "oneOf" in schema or "anyOf" in schema:
+        return "object"
+    return schema.get("type", "object")
+
+
+def _bad_values(spec: dict, schema: dict) -> list:
+    kind = _kind(spec, schema)
+    if kind == "enum":
+        return ["NO_SUCH_VALUE", 99, -1, [], {}]
+    return BAD_BY_TYPE.get(kind, BAD_BY_TYPE["object"])
+
+
+def _body_cases(spec: dict, schema: dict) -> list:
+    """One wrong field at a time, one level into nested messages and arrays of messages."""
+    schema = _resolve(spec, schema)
+    cases = []
+    for name, prop in (schema.get("properties") or {}).items():
+        for bad in _bad_values(spec, prop):
+            cases.append({name: bad})
+        inner = _resolve(spec, prop)
+        if inner.get("type") == "array" and "items" in inner:
+            inner = _resolve(spec, inner["items"])
+            wrap = lambda value: [value]  # noqa: E731
+        else:
+            wrap = lambda value: value  # noqa: E731
+        for sub, sub_prop in (inner.get("properties") or {}).items():
+            for bad in _bad_values(spec, sub_prop):
+                cases.append({name: wrap({sub: bad})})
+    return cases
+
+
+def _check(failures: list, response: httpx.Response, what: str) -> None:
+    if response.status_code >= 500:
+        failures.append(f"{what} -> {response.status_code} {response.text[:300]}")
+        return
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            failures.append(f"{what} -> {response.status_code} with a body that is not JSON: {response.text[:200]}")
+            return
+        if not (isinstance(body, dict) and (body.get("code") or body.get("error") or body.get("detail"))):
+            failures.append(f"{what} -> {response.status_code} without an error body: {response.text[:200]}")
+
+
+def test_no_route_answers_bad_input_with_a_5xx(workspace, tiny_model_dir):
+    cfg = make_config(workspace, tiny_model_dir, **{"train.worker_threads": 1, "inference.max_new_tokens_cap": 8})
+    (workspace / "datasets").mkdir()
+    shutil.copy(DATASETS_DIR / "train_sample.jsonl", workspace / "datasets" / "train_sample.jsonl")
+    failures: list[str] = []
+    calls = 0
+    with InProcessServer(cfg, "data", register_data) as data, \
+            InProcessServer(cfg, "train", register_train) as train, \
+            InProcessServer(cfg, "inference", register_inference) as inference, \
+            InProcessServer(cfg, "eval", register_eval) as evaluation, \
+            InProcessServer(cfg, "export", register_export) as export:
+        ports = {"data": data.port, "train": train.port, "inference": inference.port, "eval": evaluation.port,
+                 "export": export.port}
+        with GatewayServer(point_gateway_at(cfg, ports)) as gw, httpx.Client(base_url=gw.url, timeout=120) as client:
+            spec = client.get("/openapi.json").json()
+            for path, operations in spec["paths"].items():
+                for method, op in operations.items():
+                    params = op.get("parameters", [])
+                    path_params = [p["name"] for p in params if p["in"] == "path"]
+                    concrete = path
+                    for name in path_params:
+                        concrete = concrete.replace("{" + name + "}", "no-such-id")
+                    # Hostile path values.
+                    for name in path_params:
+                        for value in ["..", "%2e%2e", "a" * 5000, "%00", "x y", "😀"]:
+                            url = path.replace("{" + name + "}", value)
+                            for other in path_params:
+                                url = url.replace("{" + other + "}", "no-such-id")
+                            calls += 1
+                            _check(failures, client.request(method, url), f"{method.upper()} {url[:80]}")
+                    # Bad query values, one at a time.
+                    for p in params:
+                        if p["in"] != "query":
+                            continue
+                        for bad in _bad_values(spec, p.get("schema", {})):
+                            if isinstance(bad, (list, dict)) or bad is None:
+                                bad = json.dumps(bad)
+                            calls += 1
+                            _check(failures, client.request(method, concrete, params={p["name"]: str(bad)}),
+                                   f"{method.upper()} {concrete} ?{p['name']}={str(bad)[:40]!r}")
+                    body_schema = (op.get("requestBody", {}).get("content", {}).get("application/json", {})
+                                   .get("schema"))
+                    if body_schema is None:
+                        continue
+                    for raw in WHOLE_BODIES:
+                        calls += 1
+                        _check(failures, client.request(method, concrete, content=raw,
+                                                        headers={"content-type": "application/json"}),
+                               f"{method.upper()} {concrete} body {raw[:20]!r}")
+                    for case in _body_cases(spec, body_schema):
+                        calls += 1
+                        what = f"{method.upper()} {concrete} {json.dumps(case, ensure_ascii=False)[:120]}"
+                        _check(failures, client.request(method, concrete, json=case), what)
+    assert calls > 500, calls  # the sweep really covered the routes
+    assert not failures, f"{len(failures)} of {calls} calls failed:\n" + "\n".join(failures[:40])
