@@ -82,6 +82,10 @@ class EvalResult:
     report_path: Path | None = None
 
 
+# Formats the data service converts to conversations (services.data.formats).
+CONVERTIBLE_FORMATS = ("openai", "sharegpt", "alpaca")
+
+
 @dataclass
 class _Row:
     number: int  # 1-based line (JSONL) or element (JSON array) in the file
@@ -92,6 +96,7 @@ def read_rows(path: Path, *, max_row_bytes: int, limit: int, field_name: str = "
               should_stop: Callable[[], bool] | None = None) -> tuple[list[_Row], Counter]:
     """Valid conversation rows of the dataset (the data service's row rules), at most `limit`
     (0: all), and the count of invalid rows by their first problem's code."""
+    from services.data.formats import detect_row_format
     from services.data.validation import RowError, RowReader, check_input_file, explain_row, parse_row
 
     check_input_file(path, field=field_name)
@@ -116,7 +121,10 @@ def read_rows(path: Path, *, max_row_bytes: int, limit: int, field_name: str = "
             continue
         problems = explain_row(obj)
         if problems:
-            skipped[problems[0][1]] += 1
+            fmt = detect_row_format(obj)
+            # A row in another format the data service converts is named as such (e.g.
+            # `openai_format`), so the answer can say how to fix the file.
+            skipped[f"{fmt}_format" if fmt in CONVERTIBLE_FORMATS else problems[0][1]] += 1
             continue
         rows.append(_Row(number=number, messages=obj["conversations"]))
         if limit and len(rows) >= limit:
@@ -333,7 +341,10 @@ def _out_of_memory_is_resource_exhausted(batch_size: int):
 
 def _no_usable_rows(skipped: Counter) -> None:
     reasons = ", ".join(f"{code}: {n}" for code, n in skipped.most_common()) or "the file has no rows"
-    raise InvalidArgument.for_field("dataset_path", f"no usable rows to evaluate ({reasons})")
+    formats = sorted(code[:-len("_format")] for code in skipped if code.endswith("_format"))
+    hint = (f"; rows in the {' / '.join(formats)} format can be converted to conversations with "
+            "ProcessDataset (POST /api/data/process) first" if formats else "")
+    raise InvalidArgument.for_field("dataset_path", f"no usable rows to evaluate ({reasons}){hint}")
 
 
 def _empty_device_cache() -> None:

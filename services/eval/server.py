@@ -46,6 +46,7 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
 
     # -- request checking ---------------------------------------------------------------
     def _job(self, request: eval_pb2.EvaluateRequest) -> EvalJob:
+        asked_new_tokens = request.HasField("max_new_tokens")
         apply_defaults(request)
         cfg = self.config
         metrics = parse_metrics(list(request.metrics))
@@ -56,7 +57,9 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
         if request.max_samples < 0:
             problems.append(("max_samples", f"must be >= 0 (0: all rows), got {request.max_samples}"))
         cap = int(cfg.get("inference.max_new_tokens_cap", 2048))
-        if not 1 <= request.max_new_tokens <= cap:
+        if not asked_new_tokens:  # the documented default, within what this deployment allows
+            request.max_new_tokens = min(request.max_new_tokens, cap)
+        elif not 1 <= request.max_new_tokens <= cap:
             problems.append(("max_new_tokens", f"must be between 1 and {cap}, got {request.max_new_tokens}"))
         if problems:
             raise InvalidArgument.for_fields(problems)

@@ -160,6 +160,24 @@ def test_no_usable_rows_is_invalid_argument(config, workspace, tiny_model_dir):
                                metrics=["loss"], batch_size=8), config)
     assert err.value.field_violations[0][0] == "dataset_path"
     assert "no usable rows" in err.value.message
+    assert "ProcessDataset" not in err.value.message
+
+
+def test_rows_in_a_format_the_data_service_converts_are_named_with_the_fix(config, workspace, tiny_model_dir):
+    openai = json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+    alpaca = json.dumps({"instruction": "add", "input": "1+1", "output": "2"})
+    data = write_rows(workspace / "other.jsonl", [openai, openai, alpaca])
+    with pytest.raises(InvalidArgument) as err:
+        run_evaluation(EvalJob(model=resolve_model_source(tiny_model_dir, config), dataset_path=data,
+                               metrics=["loss"], batch_size=8), config)
+    assert "openai_format: 2" in err.value.message and "alpaca_format: 1" in err.value.message
+    assert "rows in the alpaca / openai format can be converted" in err.value.message
+    assert "ProcessDataset" in err.value.message
+    # Beside usable rows, they are skipped under the same names.
+    usable = write_rows(workspace / "mixed.jsonl", read_conversations(BILINGUAL, 2) + [openai])
+    result = run_evaluation(EvalJob(model=resolve_model_source(tiny_model_dir, config), dataset_path=usable,
+                                    metrics=["loss"], batch_size=8), config)
+    assert result.skip_reasons == {"openai_format": 1} and result.total_samples == 2
 
 
 def test_parse_metrics():

@@ -221,3 +221,21 @@ def test_generation_metrics_through_evalscope(trained_stub, workspace, eval_mode
     assert report.is_file()
     assert (workspace / resp.report_path / "dataset" / "wintrain.jsonl").is_file()
     assert not list((workspace / "eval").glob(".*"))
+
+
+def test_the_default_max_new_tokens_fits_a_lower_deployment_cap(workspace, tiny_model_dir):
+    """A deployment capping generation below the documented default (128) must not refuse a
+    request that never named max_new_tokens; a value the client names is still checked."""
+    from services.common.errors import InvalidArgument
+    from services.eval.server import EvalServicer
+    from tests.support import make_config
+
+    cfg = make_config(workspace, tiny_model_dir, **{"inference.max_new_tokens_cap": 8})
+    write_rows(workspace / "d.jsonl", read_conversations(BILINGUAL, 1))
+    servicer = EvalServicer(cfg)
+    job = servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", metrics=["loss"]))
+    assert job.max_new_tokens == 8
+    assert servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", max_new_tokens=5)).max_new_tokens == 5
+    with pytest.raises(InvalidArgument) as err:
+        servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", max_new_tokens=9))
+    assert dict(err.value.field_violations)["max_new_tokens"] == "must be between 1 and 8, got 9"
