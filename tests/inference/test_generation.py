@@ -227,3 +227,21 @@ def test_deadline_stops_a_unary_generation(config):
         assert run.finished.wait(10)
         assert run.generated < 1000 and run.stopped_by in ("deadline", "cancel")
         assert _wait(lambda: servicer.limiter.running == 0)
+
+
+def test_the_default_max_tokens_fits_a_lower_deployment_cap(workspace, noisy_model_dir):
+    """With inference.max_new_tokens_cap below the documented default (512), requests that never
+    name max_tokens are answered within the cap; a max_tokens the client names over it is
+    INVALID_ARGUMENT naming the field."""
+    cfg = make_config(workspace, noisy_model_dir, **{"inference.max_new_tokens_cap": 6})
+    with inference_server(cfg) as (_server, stub, _servicer):
+        resp = stub.Chat(chat("hello", min_tokens=6), timeout=120)
+        assert resp.usage.completion_tokens == 6 and resp.finish_reason == "length"
+        streamed = list(stub.ChatStream(chat("hello", min_tokens=6), timeout=120))
+        assert streamed[-1].usage.completion_tokens == 6
+        batch = stub.Batch(pb.BatchRequest(prompts=["a", "b"], min_tokens=6), timeout=120)
+        assert batch.usage.completion_tokens == 12
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Chat(chat("hello", max_tokens=7), timeout=60)
+        failure = decode_rpc_error(err.value)
+        assert failure.code == "INVALID_ARGUMENT" and "max_tokens" in dict(failure.field_violations)
