@@ -223,18 +223,21 @@ def test_generation_metrics_through_evalscope(trained_stub, workspace, eval_mode
     assert not list((workspace / "eval").glob(".*"))
 
 
-def test_the_default_max_new_tokens_fits_a_lower_deployment_cap(workspace, tiny_model_dir):
+def test_documented_defaults_fit_lower_deployment_limits(workspace, tiny_model_dir):
     """A deployment capping generation below the documented default (128) must not refuse a
     request that never named max_new_tokens; a value the client names is still checked."""
     from services.common.errors import InvalidArgument
     from services.eval.server import EvalServicer
     from tests.support import make_config
 
-    cfg = make_config(workspace, tiny_model_dir, **{"inference.max_new_tokens_cap": 8})
+    cfg = make_config(workspace, tiny_model_dir, **{"inference.max_new_tokens_cap": 8, "eval.max_batch_size": 4})
     write_rows(workspace / "d.jsonl", read_conversations(BILINGUAL, 1))
     servicer = EvalServicer(cfg)
     job = servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", metrics=["loss"]))
-    assert job.max_new_tokens == 8
+    assert (job.max_new_tokens, job.batch_size) == (8, 4)  # documented defaults 128 and 8
+    with pytest.raises(InvalidArgument) as err:
+        servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", batch_size=5))
+    assert "batch_size" in dict(err.value.field_violations)
     assert servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", max_new_tokens=5)).max_new_tokens == 5
     with pytest.raises(InvalidArgument) as err:
         servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", max_new_tokens=9))
