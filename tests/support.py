@@ -4,6 +4,7 @@ and real service processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -37,6 +38,22 @@ def make_config(workspace: Path, base_model: Path, **overrides: Any) -> Config:
     values.update(overrides)
     workspace.mkdir(parents=True, exist_ok=True)
     return load_config(REPO_ROOT / "config.yaml", env={}).with_overrides(values)
+
+
+@contextlib.contextmanager
+def all_services(config: Config):
+    """data, train, inference, eval and export as real in-process gRPC servers on free ports;
+    yields {name: InProcessServer}. Stopped in reverse order on exit."""
+    import importlib
+
+    from services.common.config import SERVICE_NAMES
+
+    with contextlib.ExitStack() as started:
+        servers = {}
+        for name in SERVICE_NAMES:
+            register = importlib.import_module(f"services.{name}.server").register
+            servers[name] = started.enter_context(InProcessServer(config, name, register))
+        yield servers
 
 
 class InProcessServer:

@@ -4,8 +4,6 @@ script (a real process, for exit codes and signals)."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import os
 import shutil
@@ -17,8 +15,8 @@ from unittest import mock
 
 import pytest
 
-from services.common.config import REPO_ROOT, SERVICE_NAMES, Config
-from tests.support import InProcessServer, free_port, make_config
+from services.common.config import REPO_ROOT, Config
+from tests.support import InProcessServer, all_services, free_port, make_config
 
 DATASETS = REPO_ROOT / "services" / "common" / "assets" / "datasets"
 WINTRAIN = Path(sys.executable).parent / "wintrain"
@@ -58,12 +56,8 @@ def stack(tmp_path_factory, tiny_model_dir):
     shutil.copytree(DATASETS, ws / "datasets")
     config = make_config(ws, model, **{"train.cancel_grace_seconds": 10})
     env = {"WINTRAIN__API__PORT": str(free_port())}  # no gateway here
-    with contextlib.ExitStack() as started:
-        servers = {}
-        for name in SERVICE_NAMES:
-            register = importlib.import_module(f"services.{name}.server").register
-            servers[name] = started.enter_context(InProcessServer(config, name, register))
-            env[f"WINTRAIN__SERVICES__{name.upper()}__PORT"] = str(servers[name].port)
+    with all_services(config) as servers:
+        env.update({f"WINTRAIN__SERVICES__{name.upper()}__PORT": str(s.port) for name, s in servers.items()})
         yield Stack(config, ws, model, env, servers)
 
 

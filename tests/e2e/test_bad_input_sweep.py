@@ -13,13 +13,8 @@ import httpx
 import pytest
 
 from services.common.tiny_model import DATASETS_DIR
-from services.data.server import register as register_data
-from services.eval.server import register as register_eval
-from services.export.server import register as register_export
-from services.inference.server import register as register_inference
-from services.train.server import register as register_train
 from tests.gateway.helpers import GatewayServer, point_gateway_at
-from tests.support import InProcessServer, make_config
+from tests.support import all_services, make_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -97,13 +92,8 @@ def stack(tmp_path_factory, tiny_model_dir):
     cfg = make_config(workspace, tiny_model_dir, **{"train.worker_threads": 1, "inference.max_new_tokens_cap": 8})
     (workspace / "datasets").mkdir()
     shutil.copy(DATASETS_DIR / "train_sample.jsonl", workspace / "datasets" / "train_sample.jsonl")
-    with InProcessServer(cfg, "data", register_data) as data, \
-            InProcessServer(cfg, "train", register_train) as train, \
-            InProcessServer(cfg, "inference", register_inference) as inference, \
-            InProcessServer(cfg, "eval", register_eval) as evaluation, \
-            InProcessServer(cfg, "export", register_export) as export:
-        ports = {"data": data.port, "train": train.port, "inference": inference.port, "eval": evaluation.port,
-                 "export": export.port}
+    with all_services(cfg) as servers:
+        ports = {name: server.port for name, server in servers.items()}
         with GatewayServer(point_gateway_at(cfg, ports)) as gw, httpx.Client(base_url=gw.url, timeout=120) as client:
             yield client, workspace
 

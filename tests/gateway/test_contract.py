@@ -1,23 +1,20 @@
 """Every row of HTTP_API.md, through the gateway, against the REAL services (in-process
 gRPC servers on free ports, the tiny model, a temporary workspace): method, path and the
-documented response shape. A service whose package has not landed yet is skipped, naming it.
+documented response shape.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.common.config import SERVICE_NAMES
 from tests.gateway.helpers import GatewayServer, point_gateway_at
-from tests.support import InProcessServer, free_port, make_config
+from tests.support import all_services, make_config
 
 ASSETS = Path(__file__).resolve().parents[2] / "services" / "common" / "assets" / "datasets"
 TASK_FIELDS = {"task_id", "status", "strategy", "dataset_path", "output_dir", "config", "created_at", "started_at",
@@ -30,25 +27,6 @@ class Stack:
     url: str
     workspace: Path
     model: Path
-    running: set[str]
-    missing: dict[str, str] = field(default_factory=dict)
-
-    def require(self, *names: str) -> None:
-        for name in names:
-            if name not in self.running:
-                pytest.skip(self.missing.get(name, f"services.{name} not implemented yet"))
-
-
-def _register_of(name: str):
-    """`services.<name>.server.register`, or the reason it is not there yet."""
-    if importlib.util.find_spec(f"services.{name}") is None or \
-            importlib.util.find_spec(f"services.{name}.server") is None:
-        return None, f"services.{name} not implemented yet"
-    module = importlib.import_module(f"services.{name}.server")
-    register = getattr(module, "register", None)
-    if register is None:
-        return None, f"services.{name}.server has no register() yet"
-    return register, ""
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +37,9 @@ def stack(tmp_path_factory, tiny_model_dir):
     shutil.copy(ASSETS / "train_sample.jsonl", ws / "data" / "train_sample.jsonl")
     model = ws / "models" / "tiny-chat"
     shutil.copytree(tiny_model_dir, model)
-    servers, ports, missing = [], {}, {}
-    try:
-        for name in SERVICE_NAMES:
-            register, reason = _register_of(name)
-            if register is None:
-                missing[name] = reason
-                ports[name] = free_port()  # nothing listens there
-                continue
-            server = InProcessServer(config, name, register).__enter__()
-            servers.append(server)
-            ports[name] = server.port
-        with GatewayServer(point_gateway_at(config, ports)) as gw:
-            yield Stack(gw.url, ws, model, set(SERVICE_NAMES) - set(missing), missing)
-    finally:
-        for server in reversed(servers):
-            server.__exit__(None, None, None)
+    with all_services(config) as servers:
+        with GatewayServer(point_gateway_at(config, {n: s.port for n, s in servers.items()})) as gw:
+            yield Stack(gw.url, ws, model)
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +60,6 @@ def _envelope(r: httpx.Response) -> dict:
 # ---------------------------------------------------------------------------- gateway rows
 def test_get_health(stack, http):
     r = http.get("/health")
-    if stack.missing:
-        assert r.status_code == 503 and r.json()["status"] == "unhealthy"
-        assert all(r.json()["services"][name] != "SERVING" for name in stack.missing)
-        pytest.skip(f"healthy only once every service exists: {'; '.join(stack.missing.values())}")
     assert r.status_code == 200 and r.json()["status"] == "healthy"
 
 
@@ -115,7 +76,6 @@ def test_get_docs(http):
 
 # ---------------------------------------------------------------------------- data
 def test_post_data_validate(stack, http):
-    stack.require("data")
     body = _envelope(http.post("/api/data/validate", params={"file_path": "data/train_sample.jsonl"}))
     data = body["data"]
     assert set(data) >= {"is_valid", "total_samples", "valid_samples", "invalid_samples", "error_messages"}
@@ -133,7 +93,6 @@ def test_post_data_validate(stack, http):
 
 
 def test_post_data_process(stack, http):
-    stack.require("data")
     body = _envelope(http.post("/api/data/process", json={
         "input_file": "data/train_sample.jsonl", "output_dir": "data/split",
         "split_config": {"train_ratio": 0.6, "val_ratio": 0.2, "test_ratio": 0.2}}))
@@ -150,7 +109,6 @@ def test_post_data_process(stack, http):
 
 # ---------------------------------------------------------------------------- train
 def test_train_start_status_tasks(stack, http):
-    stack.require("train")
     r = http.post("/api/train/start", json={
         "strategy": "lora", "dataset_path": "data/train_sample.jsonl", "output_dir": "models/contract-lora",
         "config": {"model_path": str(stack.model), "max_steps": 1, "per_device_train_batch_size": 1,
@@ -180,7 +138,6 @@ def test_train_start_status_tasks(stack, http):
 
 # ---------------------------------------------------------------------------- inference
 def test_post_inference_chat(stack, http):
-    stack.require("inference")
     for extra in ({}, {"model_path": str(stack.model)}):
         r = http.post("/api/inference/chat", json={"messages": [{"role": "user", "content": "你好"}],
                                                    "max_tokens": 8, "temperature": 0, **extra})
@@ -194,7 +151,6 @@ def test_post_inference_chat(stack, http):
 
 
 def test_post_inference_chat_stream(stack, http):
-    stack.require("inference")
     r = http.post("/api/inference/chat/stream", json={"messages": [{"role": "user", "content": "你好"}],
                                                       "max_tokens": 8, "temperature": 0})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -206,7 +162,6 @@ def test_post_inference_chat_stream(stack, http):
 
 
 def test_post_inference_batch(stack, http):
-    stack.require("inference")
     body = _envelope(http.post("/api/inference/batch", json={"prompts": ["你好", "hello"], "max_tokens": 4,
                                                              "temperature": 0}))
     assert body["success"] is True
@@ -215,7 +170,6 @@ def test_post_inference_batch(stack, http):
 
 
 def test_openai_sdk_against_real_inference(stack):
-    stack.require("inference")
     import openai
 
     sdk = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="x", max_retries=0, timeout=300)
@@ -232,7 +186,6 @@ def test_openai_sdk_against_real_inference(stack):
 
 # ---------------------------------------------------------------------------- eval, export
 def test_post_eval_evaluate(stack, http):
-    stack.require("eval")
     body = _envelope(http.post("/api/eval/evaluate", json={
         "model_path": str(stack.model), "dataset_path": "data/train_sample.jsonl", "batch_size": 2}))
     data = body["data"]
@@ -244,7 +197,6 @@ def test_post_eval_evaluate(stack, http):
 
 @pytest.mark.slow
 def test_post_export_onnx(stack, http):
-    stack.require("export")
     r = http.post("/api/export/onnx", json={"model_path": str(stack.model), "output_path": "exports/tiny"})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -258,7 +210,6 @@ def test_post_export_onnx(stack, http):
 def test_evalscope_openai_api_mode_against_the_gateway(stack, tmp_path):
     """evalscope's `openai_api` evaluation mode, pointed at the gateway's /v1, with the real
     InferenceService answering (the same path EvalService uses with eval.openai_base_url)."""
-    stack.require("inference")
     pytest.importorskip("evalscope")
     import logging
 
