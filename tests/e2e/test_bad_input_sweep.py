@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.common.tiny_model import DATASETS_DIR
-from tests.gateway.helpers import GatewayServer, point_gateway_at
+from tests.gateway.helpers import gateway_over
 from tests.support import all_services, make_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -92,10 +92,9 @@ def stack(tmp_path_factory, tiny_model_dir):
     cfg = make_config(workspace, tiny_model_dir, **{"train.worker_threads": 1, "inference.max_new_tokens_cap": 8})
     (workspace / "datasets").mkdir()
     shutil.copy(DATASETS_DIR / "train_sample.jsonl", workspace / "datasets" / "train_sample.jsonl")
-    with all_services(cfg) as servers:
-        ports = {name: server.port for name, server in servers.items()}
-        with GatewayServer(point_gateway_at(cfg, ports)) as gw, httpx.Client(base_url=gw.url, timeout=120) as client:
-            yield client, workspace
+    with all_services(cfg) as servers, gateway_over(cfg, servers) as gw, \
+            httpx.Client(base_url=gw.url, timeout=120) as client:
+        yield client, workspace
 
 
 def test_no_route_answers_bad_input_with_a_5xx(stack):

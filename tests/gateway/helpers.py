@@ -56,6 +56,11 @@ def point_gateway_at(config: Config, ports: dict[str, int]) -> Config:
     return config.with_overrides({f"services.{name}.port": port for name, port in ports.items()})
 
 
+def gateway_over(config: Config, servers: dict) -> GatewayServer:
+    """A gateway whose backends are these in-process servers ({name: InProcessServer})."""
+    return GatewayServer(point_gateway_at(config, {name: server.port for name, server in servers.items()}))
+
+
 def all_at(config: Config, port: int) -> Config:
     return point_gateway_at(config, {name: port for name in SERVICE_NAMES})
 

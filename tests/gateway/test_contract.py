@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.helpers import GatewayServer, point_gateway_at
+from tests.gateway.helpers import gateway_over
 from tests.support import all_services, make_config
 
 ASSETS = Path(__file__).resolve().parents[2] / "services" / "common" / "assets" / "datasets"
@@ -37,9 +37,8 @@ def stack(tmp_path_factory, tiny_model_dir):
     shutil.copy(ASSETS / "train_sample.jsonl", ws / "data" / "train_sample.jsonl")
     model = ws / "models" / "tiny-chat"
     shutil.copytree(tiny_model_dir, model)
-    with all_services(config) as servers:
-        with GatewayServer(point_gateway_at(config, {n: s.port for n, s in servers.items()})) as gw:
-            yield Stack(gw.url, ws, model)
+    with all_services(config) as servers, gateway_over(config, servers) as gw:
+        yield Stack(gw.url, ws, model)
 
 
 @pytest.fixture(scope="module")
