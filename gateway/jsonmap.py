@@ -7,14 +7,20 @@ numbers), unset `optional` fields stay absent.
 
 In: a descriptor-driven check of the JSON value first (so a wrong type is reported with the
 path of the field, e.g. `config.learning_rate: expected a number, got "abc"`, and enum words
-are mapped back to their names), then `ParseDict(..., ignore_unknown_fields=True)`.
+are mapped back to their names), then `ParseDict(..., ignore_unknown_fields=True)`. Unknown
+keys are ignored, as the original API ignored them, but noted (with the nearest known name)
+for whoever collects them with `collect_ignored()`: the gateway returns them in a header, so
+a typo such as `config.lerning_rate` does not go unseen.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import difflib
 import math
 import re
-from typing import Any
+from typing import Any, Iterator
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -33,6 +39,30 @@ _INT_RANGES = {
 _INT64_TYPES = {F.TYPE_INT64, F.TYPE_SINT64, F.TYPE_SFIXED64, F.TYPE_UINT64, F.TYPE_FIXED64}
 _FLOAT_TYPES = {F.TYPE_DOUBLE, F.TYPE_FLOAT}
 _WELL_KNOWN_PREFIX = "google.protobuf."
+
+
+_IGNORED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("ignored_fields", default=None)
+
+
+@contextlib.contextmanager
+def collect_ignored() -> Iterator[list[str]]:
+    """Collect the request keys `normalize` ignores in this context, as `path` or
+    `path (did you mean name?)`."""
+    sink: list[str] = []
+    token = _IGNORED.set(sink)
+    try:
+        yield sink
+    finally:
+        _IGNORED.reset(token)
+
+
+def note_ignored(path: str, key: str, known) -> None:
+    """Record an ignored key (no-op outside `collect_ignored`)."""
+    sink = _IGNORED.get()
+    if sink is None:
+        return
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    sink.append(f"{path} (did you mean {close[0]}?)" if close else path)
 
 
 class JsonInputError(ValueError):
@@ -285,7 +315,10 @@ def normalize(desc: Descriptor, data: dict, prefix: str = "", errors: list[tuple
     out: dict[str, Any] = {}
     for key, value in data.items():
         fd = table.get(key)
-        if fd is None or value is None:
+        if fd is None:
+            note_ignored(f"{prefix}.{key}" if prefix else str(key), str(key), table)
+            continue
+        if value is None:
             continue
         path = f"{prefix}.{fd.name}" if prefix else fd.name
         if _is_map(fd):

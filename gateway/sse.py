@@ -56,8 +56,10 @@ class GrpcEventStream:
         error_payload: Callable[[GatewayError], Any] | None = None,
         error_response: Callable[[GatewayError], tuple[int, bytes]] | None = None,
         first_event_wait: float = 2.0,
+        headers: dict[str, str] | None = None,
     ):
         self.call = call
+        self.extra_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
         self.render = render
         self.to_error = to_error
         self.prelude = prelude
@@ -114,10 +116,10 @@ class GrpcEventStream:
                     raise exc
                 status, body = self.error_response(self.to_error(exc))
                 await send({"type": "http.response.start", "status": status,
-                            "headers": [(b"content-type", b"application/json")]})
+                            "headers": [(b"content-type", b"application/json")] + self.extra_headers})
                 await send({"type": "http.response.body", "body": body})
                 return
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + self.extra_headers})
             started = True
             try:
                 message = await first

@@ -25,7 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import GatewayError, dumps, from_rpc_error
-from gateway.jsonmap import JsonInputError, fields_by_json_key, json_to_message, message_to_json
+from gateway.jsonmap import (JsonInputError, collect_ignored, fields_by_json_key, json_to_message, message_to_json,
+                             note_ignored)
 from gateway.routes import RouteSpec
 from gateway.sse import GrpcEventStream
 from services.common.config import SERVICE_NAMES, Config
@@ -45,6 +46,24 @@ def json_response(obj: Any, status: int = 200) -> Response:
 
 def error_response(err: GatewayError) -> Response:
     return JSONBytesResponse(err.json_bytes(), status_code=err.status)
+
+
+IGNORED_FIELDS_HEADER = "X-Wintrain-Ignored-Fields"
+
+
+def ignored_header(ignored: list[str]) -> dict[str, str]:
+    """The header naming request keys the API does not know (ignored, as the original API did),
+    ASCII-safe and bounded."""
+    if not ignored:
+        return {}
+    shown = ignored[:20] + ([f"... {len(ignored) - 20} more"] if len(ignored) > 20 else [])
+    text = ", ".join(item[:200] for item in shown)
+    return {IGNORED_FIELDS_HEADER: text.encode("ascii", "backslashreplace").decode("ascii")}
+
+
+def with_ignored(response: Response, ignored: list[str]) -> Response:
+    response.headers.update(ignored_header(ignored))
+    return response
 
 
 class Backends:
@@ -151,8 +170,10 @@ def query_to_json(spec: RouteSpec, request: Request, skip: set[str]) -> dict:
         fd = None
         resolved: list[str] = []
         for i, name in enumerate(names):
-            fd = fields_by_json_key(desc).get(name)
+            table = fields_by_json_key(desc)
+            fd = table.get(name)
             if fd is None:
+                note_ignored(key, name, table)
                 break
             resolved.append(fd.name)
             if i < len(names) - 1:
@@ -282,19 +303,23 @@ class Transcoder:
 
     def endpoint(self, spec: RouteSpec):
         async def handle(request: Request) -> Response:
+            ignored: list[str] = []
             try:
-                message = await build_request(spec, request, self.max_body)
+                with collect_ignored() as ignored:
+                    message = await build_request(spec, request, self.max_body)
+                if ignored:
+                    log.warning("ignored request fields", extra={"route": spec.path, "fields": ", ".join(ignored)})
                 rid = request_id_of(request)
                 if spec.streaming:
                     call = self.stream(spec, message, rid)
                     return GrpcEventStream(  # type: ignore[return-value]  (an ASGI app)
                         call, lambda msg: (message_to_json(msg),), self.to_error(spec),
-                        first_event_wait=self.first_event_wait,
+                        first_event_wait=self.first_event_wait, headers=ignored_header(ignored),
                     )
                 reply = await self.unary(spec, message, rid)
-                return json_response(render_response(spec, reply))
+                return with_ignored(json_response(render_response(spec, reply)), ignored)
             except GatewayError as err:
-                return error_response(err)
+                return with_ignored(error_response(err), ignored)
 
         handle.__name__ = spec.method.name
         return handle

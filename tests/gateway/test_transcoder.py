@@ -298,3 +298,24 @@ def test_raw_http_keep_alive_and_utf8(gateway):
                 rest += s.recv(65536)
             assert head.startswith(b"HTTP/1.1 200")
             assert "echo:你好".encode() in rest
+
+
+def test_unknown_request_keys_are_ignored_but_named_in_a_header(client):
+    """The original API ignored keys it did not know, so scripts keep working; the gateway still
+    names them (with the nearest real field), so a typo does not silently fall back to a default."""
+    r = client.post("/api/train/start", json={
+        "strategy": "lora", "dataset_path": "d.jsonl", "output_dir": "out",
+        "config": {"lerning_rate": 0.1, "max_steps": 5}, "colour": "blue"})
+    assert r.status_code == 200
+    assert r.headers["x-wintrain-ignored-fields"] == "config.lerning_rate (did you mean learning_rate?), colour"
+    r = client.post("/api/data/validate", params={"file_path": "ok.jsonl", "file_pth": "x"})
+    assert r.status_code == 200
+    assert r.headers["x-wintrain-ignored-fields"] == "file_pth (did you mean file_path?)"
+    # On an error answer too, and on a stream (SSE) answer.
+    r = client.post("/api/data/validate", params={"file_path": "error:NOT_FOUND", "verbose": "1"})
+    assert r.status_code == 404 and r.headers["x-wintrain-ignored-fields"] == "verbose"
+    r = client.get("/api/train/watch/t-5", params={"replays": "true"})
+    assert r.status_code == 200 and r.headers["x-wintrain-ignored-fields"] == "replays (did you mean replay?)"
+    # Known keys only: no header.
+    r = client.post("/api/data/validate", params={"file_path": "ok.jsonl"})
+    assert "x-wintrain-ignored-fields" not in r.headers
