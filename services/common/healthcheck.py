@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"{address}: {exc.code().name}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the configured TLS root cannot be read
+        print(f"{address}: cannot read the TLS certificate: {exc}", file=sys.stderr)
+        return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     print(f"{address}: {status}")
     return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
