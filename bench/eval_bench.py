@@ -23,7 +23,7 @@ tokenizer, random weights, built into a temporary folder). The losses differ by 
 original scores prompt and template tokens too, and averages per-sample means.
 
     .venv/bin/python bench/eval_bench.py [--rows 200] [--batch-size 8] [--repeats 2]
-        [--models tiny,medium] [--threads N] [--device cpu|cuda]
+        [--models tiny,medium] [--threads N] [--device cpu|cuda] [--dtype auto|float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--models", default="tiny,medium")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="weights of both sides; auto: what the eval service uses (bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -150,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [json.loads(line)["conversations"] for line in DATASET.read_text(encoding="utf-8").splitlines()
             if line.strip()][: args.rows]
-    print(f"rows: {len(rows)}  batch_size: {args.batch_size}  device: {args.device}  "
+    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
+        torch.bfloat16 if args.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32)
+    print(f"rows: {len(rows)}  batch_size: {args.batch_size}  device: {args.device}  dtype: {str(dtype)[6:]}  "
           f"torch threads: {torch.get_num_threads()}  rounds: {args.repeats} (best of each)")
     with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
         tiny = build_tiny_model(Path(tmp) / "tiny-chat")
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             folder = folders[name]
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder).to(args.device).eval()
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(args.device).eval()
             params = sum(p.numel() for p in model.parameters())
             # Warm-up (allocator, kernels) on a few rows, untimed.
             original_loop(model, tokenizer, rows[:4])
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  speed-up                 : {sps_ours / sps_orig:.2f}x samples/s, {c_orig / c_ours:.2f}x CPU time"
                   f"  (goal >= 3x)")
             f_orig, f_ours = arithmetic(model.config, tokenizer, rows, args.batch_size)
-            if args.device == "cpu":
+            if args.device == "cpu" and dtype == torch.float32:
                 rate = matmul_rate(model.config)
                 print(f"  arithmetic               : original {f_orig / 1e9:.1f} GFLOP, ours {f_ours / 1e9:.1f} GFLOP "
                       f"(x{f_orig / f_ours:.2f} less)")
