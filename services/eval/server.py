@@ -14,7 +14,8 @@ import threading
 from typing import AsyncIterator
 
 from services.common.config import Config, ConfigError
-from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.common.admission import AdmissionLimiter
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.modeling import ModelSource, resolve_model_source
 from services.common.paths import display_path, resolve_allowed_path
 from services.common.proto_defaults import apply_defaults
@@ -36,13 +37,12 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
     def __init__(self, config: Config):
         self.config = config
         self.max_batch_size = _positive_int(config, "eval.max_batch_size", 256)
-        self.max_concurrent = _positive_int(config, "eval.max_concurrent", 1)
-        self.max_queue = int(config.get("eval.max_queue", 8))
-        if self.max_queue < 0:
-            raise ConfigError(f"config: eval.max_queue must be >= 0, got {self.max_queue!r}")
+        max_queue = int(config.get("eval.max_queue", 8))
+        if max_queue < 0:
+            raise ConfigError(f"config: eval.max_queue must be >= 0, got {max_queue!r}")
+        self.limiter = AdmissionLimiter(_positive_int(config, "eval.max_concurrent", 1), max_queue,
+                                        what="evaluations", section="eval")
         _positive_int(config, "eval.max_length", 512)
-        self._slots: asyncio.Semaphore | None = None
-        self._waiting = 0
 
     # -- request checking ---------------------------------------------------------------
     def _job(self, request: eval_pb2.EvaluateRequest) -> EvalJob:
@@ -112,17 +112,7 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
     async def _run(self, job: EvalJob) -> AsyncIterator[tuple[str, object]]:
         """Yield ("progress", (phase, done, total)) events, then ("result", EvalResult).
         Domain errors of the evaluation are raised from here."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_concurrent)
-        if self._slots.locked() and self._waiting >= self.max_queue:
-            raise ResourceExhausted(
-                f"{self.max_concurrent} evaluation(s) running and {self._waiting} waiting "
-                "(eval.max_concurrent / eval.max_queue); try again later")
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
+        ticket = await self.limiter.acquire()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -133,8 +123,7 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
         task = asyncio.ensure_future(asyncio.to_thread(
             run_evaluation, job, self.config, progress=progress, should_stop=stop.is_set))
         # The slot is freed when the worker really ends, not when the client leaves.
-        slots = self._slots
-        task.add_done_callback(lambda _t: slots.release())
+        task.add_done_callback(lambda _t: ticket.release())
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())

@@ -15,7 +15,7 @@ import logging
 import threading
 
 from services.common.config import Config, ConfigError
-from services.common.errors import ResourceExhausted
+from services.common.admission import AdmissionLimiter
 from services.common.paths import display_path, resolve_allowed_path
 from services.common.proto_defaults import apply_defaults
 from services.common.server import ServiceRuntime, service_full_name
@@ -43,11 +43,9 @@ def _int_setting(config: Config, key: str, default: int, minimum: int) -> int:
 class ExportServicer(export_pb2_grpc.ExportServiceServicer):
     def __init__(self, config: Config):
         self.config = config
-        self.max_concurrent = _int_setting(config, "export.max_concurrent", 1, 1)
-        self.max_queue = _int_setting(config, "export.max_queue", 4, 0)
+        self.limiter = AdmissionLimiter(_int_setting(config, "export.max_concurrent", 1, 1),
+                                        _int_setting(config, "export.max_queue", 4, 0), what="exports", section="export")
         _int_setting(config, "export.parity_new_tokens", 16, 1)
-        self._slots: asyncio.Semaphore | None = None
-        self._waiting = 0
 
     def spec_from_request(self, request: export_pb2.ExportOnnxRequest) -> ExportSpec:
         """Check a request and resolve its paths. Raises InvalidArgument, PermissionDenied,
@@ -71,23 +69,13 @@ class ExportServicer(export_pb2_grpc.ExportServiceServicer):
 
     async def ExportOnnx(self, request, context):
         spec = self.spec_from_request(request)
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_concurrent)
-        if self._slots.locked() and self._waiting >= self.max_queue:
-            raise ResourceExhausted(
-                f"{self.max_concurrent} export(s) running and {self._waiting} waiting "
-                "(export.max_concurrent / export.max_queue); try again later")
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
+        ticket = await self.limiter.acquire()
         cancel = threading.Event()
         ctx = contextvars.copy_context()  # keeps the request id on the worker's log lines
         loop = asyncio.get_running_loop()
         worker = loop.run_in_executor(None, ctx.run, run_export, spec, self.config, cancel)
-        slots = self._slots
-        worker.add_done_callback(lambda _f: slots.release())
+        # The slot is freed when the worker really ends, not when the client leaves.
+        worker.add_done_callback(lambda _f: ticket.release())
         try:
             result = await asyncio.shield(worker)
         except asyncio.CancelledError:

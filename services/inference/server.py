@@ -22,7 +22,7 @@ from services.common.logging_setup import request_id_var
 from services.common.proto_defaults import apply_defaults
 from services.common.server import ServiceRuntime, service_full_name
 from services.inference import engine
-from services.inference.limits import AdmissionLimiter, Ticket
+from services.common.admission import AdmissionLimiter, Ticket
 from services.inference.registry import LoadedModel, ModelRegistry
 from wintrain.inference.v1 import inference_pb2 as pb
 from wintrain.inference.v1 import inference_pb2_grpc as pb_grpc

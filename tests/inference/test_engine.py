@@ -10,7 +10,7 @@ import pytest
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from services.inference import engine
-from services.inference.limits import AdmissionLimiter
+from services.common.admission import AdmissionLimiter
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
-"""Admission control for generations: at most `max_concurrent` run, at most `max_queue` wait,
-and anything beyond that is refused at once with RESOURCE_EXHAUSTED instead of piling up.
+"""Admission control for the heavy work of a service (generations, evaluations, exports): at
+most `max_concurrent` run, at most `max_queue` wait, and anything beyond that is refused at once
+with RESOURCE_EXHAUSTED instead of piling up.
 
 A slot is taken on the event loop (`await limiter.acquire(...)`) and may be given back from
-any thread (`ticket.release()`), so the worker thread that runs a generation frees its slot
-the moment it really ends, even when the client that asked for it went away long before.
+any thread (`ticket.release()`), so the worker thread that runs the work frees its slot the
+moment it really ends, even when the client that asked for it went away long before.
 """
 
 from __future__ import annotations
@@ -36,13 +37,16 @@ class Ticket:
 
 
 class AdmissionLimiter:
-    """Bounded concurrency plus a bounded FIFO queue."""
+    """Bounded concurrency plus a bounded FIFO queue. `what` names the work in messages
+    ("generations"); `section` the config section of its two settings ("inference")."""
 
-    def __init__(self, max_concurrent: int, max_queue: int):
+    def __init__(self, max_concurrent: int, max_queue: int, *, what: str = "generations",
+                 section: str = "inference"):
         if max_concurrent < 1:
-            raise ValueError("inference.max_concurrent must be >= 1")
+            raise ValueError(f"{section}.max_concurrent must be >= 1")
         if max_queue < 0:
-            raise ValueError("inference.max_queue must be >= 0")
+            raise ValueError(f"{section}.max_queue must be >= 0")
+        self.what, self.section = what, section
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self._lock = threading.Lock()
@@ -70,8 +74,9 @@ class AdmissionLimiter:
                 return Ticket(self)
             if len(self._waiting) >= self.max_queue:
                 raise ResourceExhausted(
-                    f"server busy: {self._running} generations running and {len(self._waiting)} waiting "
-                    f"(inference.max_concurrent={self.max_concurrent}, inference.max_queue={self.max_queue}); retry later"
+                    f"server busy: {self._running} {self.what} running and {len(self._waiting)} waiting "
+                    f"({self.section}.max_concurrent={self.max_concurrent}, "
+                    f"{self.section}.max_queue={self.max_queue}); retry later"
                 )
             fut: asyncio.Future = loop.create_future()
             self._waiting.append(fut)
@@ -92,7 +97,7 @@ class AdmissionLimiter:
             # When the hand-over is still in flight, `_grant` sees the cancelled future and
             # passes the slot on.
             if isinstance(exc, asyncio.TimeoutError):
-                raise DeadlineExceeded("deadline exceeded while waiting for a generation slot") from None
+                raise DeadlineExceeded(f"deadline exceeded while waiting for a slot ({self.what})") from None
             raise
         return Ticket(self)
 
