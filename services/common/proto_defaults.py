@@ -7,6 +7,7 @@ same defaults, and the OpenAPI document shows the same values.
 from __future__ import annotations
 
 import json
+from typing import Mapping
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -24,9 +25,15 @@ def field_default(field: FieldDescriptor):
     return json.loads(raw) if raw else None
 
 
-def apply_defaults(message: Message) -> Message:
+def apply_defaults(message: Message, limits: Mapping[str, int | float] | None = None) -> Message:
     """Fill unset optional fields (and empty repeated ones) that declare a default, in
-    `message` and in every sub-message that is set. Returns the same message."""
+    `message` and in every sub-message that is set. Returns the same message.
+
+    `limits` caps defaults of `message`'s own fields by name: a deployment that allows less
+    than a documented default (`max_tokens` 512 over `inference.max_new_tokens_cap`) gives the
+    limit to a client that did not ask, instead of refusing a value it never sent. Values a
+    client set are left for the caller to check."""
+    limits = limits or {}
     for field in message.DESCRIPTOR.fields:
         default = field_default(field)
         is_repeated = field.is_repeated
@@ -43,5 +50,7 @@ def apply_defaults(message: Message) -> Message:
                 apply_defaults(getattr(message, field.name))
             continue
         if default is not None and field.has_presence and not message.HasField(field.name):
+            if field.name in limits:
+                default = min(default, limits[field.name])
             setattr(message, field.name, default)
     return message

@@ -46,22 +46,17 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
 
     # -- request checking ---------------------------------------------------------------
     def _job(self, request: eval_pb2.EvaluateRequest) -> EvalJob:
-        asked_new_tokens, asked_batch = request.HasField("max_new_tokens"), request.HasField("batch_size")
-        apply_defaults(request)
         cfg = self.config
+        cap = int(cfg.get("inference.max_new_tokens_cap", 2048))
+        apply_defaults(request, limits={"max_new_tokens": cap, "batch_size": self.max_batch_size})
         metrics = parse_metrics(list(request.metrics))
         problems: list[tuple[str, str]] = []
-        if not asked_batch:  # documented defaults are held to this deployment's limits, never refused
-            request.batch_size = min(request.batch_size, self.max_batch_size)
         batch_size = request.batch_size
         if not 1 <= batch_size <= self.max_batch_size:
             problems.append(("batch_size", f"must be between 1 and {self.max_batch_size}, got {batch_size}"))
         if request.max_samples < 0:
             problems.append(("max_samples", f"must be >= 0 (0: all rows), got {request.max_samples}"))
-        cap = int(cfg.get("inference.max_new_tokens_cap", 2048))
-        if not asked_new_tokens:
-            request.max_new_tokens = min(request.max_new_tokens, cap)
-        elif not 1 <= request.max_new_tokens <= cap:
+        if not 1 <= request.max_new_tokens <= cap:
             problems.append(("max_new_tokens", f"must be between 1 and {cap}, got {request.max_new_tokens}"))
         if problems:
             raise InvalidArgument.for_fields(problems)

@@ -39,16 +39,6 @@ def _optional(request, name: str):
     return getattr(request, name) if request.HasField(name) else None
 
 
-def _defaults_within_cap(request, cap: int) -> None:
-    """apply_defaults, with the documented max_tokens default (512) held to the deployment's
-    inference.max_new_tokens_cap when the client did not name one: a default is never refused.
-    A max_tokens the client names is checked against the cap as it is."""
-    asked = request.HasField("max_tokens")
-    apply_defaults(request)
-    if not asked:
-        request.max_tokens = min(request.max_tokens, cap)
-
-
 def _usage(prompt_tokens: int, completion_tokens: int) -> pb.Usage:
     """Usage of a finished generation (counted once, into wintrain_tokens_generated_total)."""
     TOKENS_GENERATED.inc(completion_tokens)
@@ -99,7 +89,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return control
 
     def _chat_inputs(self, request: pb.ChatRequest):
-        _defaults_within_cap(request, self.cap)
+        apply_defaults(request, limits={"max_tokens": self.cap})
         messages = engine.check_messages([(m.role, m.content) for m in request.messages])
         params = engine.check_sampling(
             max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
@@ -199,7 +189,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 ticket.release()
 
     async def Batch(self, request, context):
-        _defaults_within_cap(request, self.cap)
+        apply_defaults(request, limits={"max_tokens": self.cap})
         prompts = list(request.prompts)
         bad = []
         if not prompts:
