@@ -60,13 +60,26 @@ def test_grpc_requires_the_api_key_when_configured(cfg):
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def _create_public(config):
+    """create_server on 0.0.0.0 inside an event loop of its own, as a service builds it (a
+    grpc.aio server needs one; another test may have left none current)."""
+    async def build():
+        return create_server(config, "train", register_slow, port=0, host="0.0.0.0")
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(build())
+    finally:
+        loop.close()
+
+
 def test_public_bind_without_keys_is_refused(cfg):
     with pytest.raises(ConfigError) as err:
-        create_server(cfg, "train", register_slow, port=0, host="0.0.0.0")
+        _create_public(cfg)
     assert "services.train.host" in str(err.value) and "api_keys" in str(err.value)
     for allowed in (cfg.with_overrides({"auth.api_keys": ["k"]}),
                     cfg.with_overrides({"auth.allow_insecure_public": True})):
-        runtime, port = create_server(allowed, "train", register_slow, port=0, host="0.0.0.0")
+        runtime, port = _create_public(allowed)
         assert port > 0
 
 
