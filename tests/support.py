@@ -106,8 +106,36 @@ class InProcessServer:
             self.thread.join(5)
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now for a process that binds it later. Chosen below the kernel's ephemeral
+    range, so the outgoing connections of the very processes being started (health checks, a
+    gateway dialing its backends) cannot take it first, and never the same one twice."""
+    import random
+
+    high = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(max(1024, high - 12000), high - 1)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: let the kernel pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
