@@ -15,6 +15,7 @@ from typing import Any
 
 from services.common.config import Config
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.paths import check_within_roots
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,13 @@ def _has_weights(folder: Path, safetensors_only: bool) -> bool:
     return not safetensors_only and any(folder.glob("*.bin"))
 
 
-def resolve_model_source(path: Path, config: Config, *, field: str = "model_path") -> ModelSource:
-    """Classify an already path-checked folder. Raises NotFound (missing) or
-    FailedPrecondition (not a model folder, no safetensors weights, adapter without base)."""
+def resolve_model_source(path: Path, config: Config, *, field: str = "model_path",
+                         trusted: bool = False) -> ModelSource:
+    """Classify an already path-checked folder. Raises NotFound (missing),
+    FailedPrecondition (not a model folder, no safetensors weights, adapter without base) or
+    PermissionDenied (an adapter whose base lies outside the allowed roots, see
+    `check_adapter_base`). `trusted` is for server-side paths from the config (the default
+    model), whose adapter base is the operator's choice."""
     safetensors_only = bool(config.get("model.safetensors_only", True))
     if not path.exists():
         raise NotFound(f"{field}: {path} does not exist", [(field, "does not exist")])
@@ -48,6 +53,8 @@ def resolve_model_source(path: Path, config: Config, *, field: str = "model_path
         except (OSError, ValueError) as exc:
             raise FailedPrecondition(f"{field}: {path}/adapter_config.json is unreadable: {exc}") from exc
         base = _adapter_base(adapter_cfg, path, config)
+        if not trusted:
+            check_adapter_base(base, config, field=field)
         if not _has_weights(path, safetensors_only):
             raise FailedPrecondition(f"{field}: adapter {path} has no safetensors weights")
         return ModelSource(path=path, kind="adapter", base_path=base, adapter_path=path)
@@ -62,6 +69,21 @@ def resolve_model_source(path: Path, config: Config, *, field: str = "model_path
         f"{field}: {path} is not a model folder (no config.json or adapter_config.json)",
         [(field, "not a model folder")],
     )
+
+
+def check_adapter_base(base: Path, config: Config, *, field: str = "model_path") -> None:
+    """The one check on an adapter's base model: the folder its `adapter_config.json`
+    `base_model_name_or_path` resolved to must lie inside `storage.allowed_roots`, like any
+    client path (the adapter folder is client-supplied, so its config is client input). The
+    configured base model (`model.base_model_path`) is always allowed: it is the operator's
+    choice and what an adapter trained on the default names. Raises PermissionDenied naming
+    `field`. `resolve_model_source` calls it for every client path; call it directly where an
+    adapter base is resolved another way."""
+    resolved = Path(base).resolve(strict=False)
+    if resolved == config.base_model_path.resolve():
+        return
+    check_within_roots(resolved, config, field=field,
+                       what="the adapter's base model (adapter_config.json base_model_name_or_path)")
 
 
 def _adapter_base(adapter_cfg: dict, adapter_path: Path, config: Config) -> Path:

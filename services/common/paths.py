@@ -82,6 +82,18 @@ def resolve_allowed_path(
     return resolved
 
 
+def check_within_roots(path: Path, config: Config, *, field: str, what: str) -> None:
+    """Refuse (PermissionDenied naming `field`) a path found by the server on a client's
+    behalf, e.g. read from a file the client supplied, when it resolves outside
+    `storage.allowed_roots`. `what` says what the path is, for the message."""
+    resolved = path.resolve(strict=False)
+    roots = config.allowed_roots
+    if not any(_is_within(resolved, root) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise PermissionDenied(f"{field}: {what} {_shown(str(path))} is outside the allowed roots ({allowed})",
+                               [(field, f"{what} is outside the allowed roots ({allowed})")])
+
+
 def display_path(path: Path, config: Config) -> str:
     """A path as clients should see it: relative to the workspace when inside it."""
     try:

@@ -85,7 +85,7 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
             path = resolve_allowed_path(request.model_path, cfg, field="model_path", must_exist=True, expect="dir")
         else:  # like chat: no model named means the configured base model
             path = cfg.base_model_path
-        source = resolve_model_source(path, cfg, field="model_path")
+        source = resolve_model_source(path, cfg, field="model_path", trusted=not request.model_path.strip())
         if not (request.HasField("lora_adapter_path") and request.lora_adapter_path.strip()):
             return source
         adapter = resolve_allowed_path(request.lora_adapter_path, cfg, field="lora_adapter_path",

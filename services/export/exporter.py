@@ -171,7 +171,8 @@ def _load_merged(spec: ExportSpec, config: Config):
     """(model, tokenizer) on CPU in fp32 with every adapter merged into the weights."""
     import torch
 
-    source = resolve_model_source(spec.model_path, config, field="model_path")
+    source = resolve_model_source(spec.model_path, config, field="model_path",
+                                  trusted=spec.model_path == config.base_model_path)
     adapter: ModelSource | None = None
     if spec.lora_adapter_path is not None:
         adapter = resolve_model_source(spec.lora_adapter_path, config, field="lora_adapter_path")

@@ -116,7 +116,7 @@ class ModelRegistry:
         """The configured default model. Raises FailedPrecondition when it is not usable."""
         path = self.default_path
         try:
-            return resolve_model_source(path, self.config, field="model.base_model_path")
+            return resolve_model_source(path, self.config, field="model.base_model_path", trusted=True)
         except NotFound as exc:
             raise FailedPrecondition(
                 f"the default model (config model.base_model_path = {path}) does not exist; "
