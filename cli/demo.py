@@ -16,7 +16,6 @@ a smoke test; `--quick` (few steps, short answers) is what CI runs.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ from rich.table import Table
 
 import services  # noqa: F401
 from services.common.config import REPO_ROOT, Config, ConfigError, load_config
+from services.common.proc import die_with_parent
 
 DATASET_NAME = "bilingual_chat.jsonl"
 ASSET_DATASETS = REPO_ROOT / "services" / "common" / "assets" / "datasets"
@@ -154,13 +154,6 @@ class Gateway:
 
 # -- starting the services ------------------------------------------------------------------------
 
-def _die_with_parent() -> None:  # runs in the launcher child before exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _seed_dataset(config: Config) -> None:
     """The bundled dataset in the workspace (what `make model` seeds), copied if missing."""
     target = config.workspace / "datasets" / DATASET_NAME
@@ -194,7 +187,7 @@ class LocalStack:
             [sys.executable, "-m", "services.common.launcher", "--log-dir", str(self.log_dir),
              "--timeout", str(int(timeout))],
             cwd=REPO_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent)
+            preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout + 30
         while not self.gateway.healthy():
             if self.proc.poll() is not None:

@@ -8,7 +8,6 @@ launcher even if it is killed (PR_SET_PDEATHSIG), so no orphans are left.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import ssl
@@ -20,16 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from services.common.config import REPO_ROOT, SERVICE_NAMES, Config, ConfigError, load_config
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child before exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
+from services.common.proc import die_with_parent
 
 def _grpc_serving(config: Config, address: str) -> bool:
     import grpc
@@ -76,7 +66,7 @@ class Launcher:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.children[name] = subprocess.Popen(
             [sys.executable, "-m", module], cwd=REPO_ROOT, env=env,
-            stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=_die_with_parent,
+            stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=die_with_parent,
         )
 
     def start(self, timeout: float) -> None:

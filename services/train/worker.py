@@ -16,7 +16,6 @@ within `train.cancel_grace_seconds`.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
@@ -26,21 +25,18 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from services.common import proc
+
 log = logging.getLogger("wintrain.train.worker")
-PR_SET_PDEATHSIG = 1
 PARENT_ENV = "WINTRAIN_WORKER_PARENT_PID"
 
 
 def die_with_parent() -> None:
     """SIGTERM this process when its parent dies (a server killed with -9 leaves no
     orphan training on): checkpoint, then `interrupted`."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
     expected = os.environ.get(PARENT_ENV)
-    if expected and "RANK" not in os.environ and os.getppid() != int(expected):
-        os.kill(os.getpid(), signal.SIGTERM)  # the parent is already gone
+    parent = int(expected) if expected and "RANK" not in os.environ else None
+    proc.die_with_parent(signal.SIGTERM, parent_pid=parent)  # raised at once if already gone
 
 
 def load_worker_config(path: str | None):
