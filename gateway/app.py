@@ -33,6 +33,7 @@ from gateway.openapi import build_openapi, swagger_ui_dir, swagger_ui_html
 from gateway.routes import RouteSpec, discover_routes
 from gateway.transcoder import Backends, Transcoder, error_response, json_response
 from services.common.config import SERVICE_NAMES, Config, ConfigError
+from services.common.metadata import REQUEST_ID_KEY
 
 log = logging.getLogger("wintrain.gateway")
 
@@ -134,7 +135,7 @@ def _error_handlers():
         log.error("unhandled exception on %s %s", request.method, request.url.path, exc_info=exc)
         rid = request.scope.get("state", {}).get("request_id", "")
         response = error_response(GatewayError("INTERNAL", f"internal error (request id {rid})"))
-        response.headers["x-request-id"] = rid
+        response.headers[REQUEST_ID_KEY] = rid
         return response
 
     return {HTTPException: http_error, Exception: server_fault}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from services.common.metadata import STATUS_DETAILS_KEY
 from services.common.rpc_status import RpcFailure, decode_rpc_error
 
 HTTP_STATUS = {
@@ -91,7 +92,7 @@ def _has_rich_status(error: grpc.RpcError) -> bool:
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     for item in trailing or ():
         key = item.key if hasattr(item, "key") else item[0]
-        if key == "grpc-status-details-bin":
+        if key == STATUS_DETAILS_KEY:
             return True
     return False
 

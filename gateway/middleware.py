@@ -16,9 +16,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.logging_setup import new_request_id, request_id_var
+from services.common.metadata import REQUEST_ID_KEY
 
 log = logging.getLogger("wintrain.gateway")
-REQUEST_ID_HEADER = "x-request-id"
 # gRPC metadata values must be printable ASCII; anything else gets a fresh id.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 
@@ -50,7 +50,7 @@ class GatewayMiddleware:
             return
         started = time.perf_counter()
         headers = Headers(scope=scope)
-        given = headers.get(REQUEST_ID_HEADER, "")
+        given = headers.get(REQUEST_ID_KEY, "")
         request_id = given if _VALID_REQUEST_ID.match(given) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
@@ -60,7 +60,7 @@ class GatewayMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_KEY.encode("ascii"), raw_id)]
             await send(message)
 
         try:

@@ -17,6 +17,7 @@ from starlette.types import Scope
 from gateway.middleware import RequestHooks
 from services.common.auth import check_bearer
 from services.common.errors import Unauthenticated
+from services.common.metadata import AUTHORIZATION_KEY
 
 HTTP_REQUESTS = Counter("wintrain_http_requests_total", "HTTP requests handled by the gateway",
                         ["method", "route", "status"])
@@ -41,7 +42,7 @@ class AuthMetricsHooks(RequestHooks):
         if path in OPEN_PATHS or path == "/" or path.startswith(OPEN_PREFIXES):
             return None
         try:
-            check_bearer(headers.get("authorization", ""), self.keys)
+            check_bearer(headers.get(AUTHORIZATION_KEY, ""), self.keys)
         except Unauthenticated as exc:
             return JSONResponse({"success": False, "message": exc.message, "code": exc.code, "details": []},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})

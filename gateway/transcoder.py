@@ -30,9 +30,9 @@ from gateway.jsonmap import (JsonInputError, collect_ignored, fields_by_json_key
 from gateway.routes import RouteSpec
 from gateway.sse import GrpcEventStream
 from services.common.config import SERVICE_NAMES, Config
+from services.common.metadata import IGNORED_FIELDS_HEADER, REQUEST_ID_KEY
 
 log = logging.getLogger("wintrain.gateway")
-REQUEST_ID_KEY = "x-request-id"
 JSON_MEDIA_TYPE = "application/json"
 
 
@@ -46,9 +46,6 @@ def json_response(obj: Any, status: int = 200) -> Response:
 
 def error_response(err: GatewayError) -> Response:
     return JSONBytesResponse(err.json_bytes(), status_code=err.status)
-
-
-IGNORED_FIELDS_HEADER = "X-Wintrain-Ignored-Fields"
 
 
 def ignored_header(ignored: list[str]) -> dict[str, str]:

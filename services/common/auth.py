@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.common.config import Config, ConfigError
 from services.common.errors import Unauthenticated
+from services.common.metadata import AUTHORIZATION_KEY
 
 
 def load_api_keys(config: Config, env: dict | None = None) -> list[str]:
@@ -85,7 +86,7 @@ def grpc_auth_guard(keys: list[str]):
             return
         value = ""
         for item in context.invocation_metadata() or ():
-            if item.key == "authorization":
+            if item.key == AUTHORIZATION_KEY:
                 value = item.value if isinstance(item.value, str) else item.value.decode()
         check_bearer(value, keys)
 
@@ -96,7 +97,7 @@ def client_metadata(config: Config) -> tuple[tuple[str, str], ...]:
     """Metadata a client inside the deployment (CLI, launcher) sends: the first key, or
     WINTRAIN_API_KEY."""
     key = os.environ.get("WINTRAIN_API_KEY") or next(iter(load_api_keys(config)), "")
-    return (("authorization", f"Bearer {key}"),) if key else ()
+    return ((AUTHORIZATION_KEY, f"Bearer {key}"),) if key else ()
 
 
 def _config_path(config: Config, key: str) -> Path | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
+from services.common.metadata import STATUS_DETAILS_KEY
 
 
 @dataclass

@@ -26,13 +26,12 @@ from grpc_reflection.v1alpha import reflection
 from services.common.config import Config
 from services.common.auth import check_bind_allowed, grpc_auth_guard, load_api_keys, tls_server_files
 from services.common.errors import ServiceError, Unavailable
+from services.common.metadata import REQUEST_ID_KEY, STATUS_DETAILS_KEY
 from services.common.metrics import RPC_STREAMS_OPEN, rpc_observer, start_metrics_server
 from services.common.logging_setup import new_request_id, request_id_var, setup_logging
 
 log = logging.getLogger("wintrain.server")
 
-REQUEST_ID_KEY = "x-request-id"
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 

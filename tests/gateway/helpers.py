@@ -15,7 +15,8 @@ import uvicorn
 from gateway.app import create_app
 from services.common.config import SERVICE_NAMES, Config
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from services.common.server import REQUEST_ID_KEY, STATUS_DETAILS_KEY, rich_status, service_full_name
+from services.common.metadata import REQUEST_ID_KEY, STATUS_DETAILS_KEY
+from services.common.server import rich_status, service_full_name
 from wintrain.data.v1 import data_pb2, data_pb2_grpc
 from wintrain.inference.v1 import inference_pb2, inference_pb2_grpc
 from wintrain.train.v1 import train_pb2, train_pb2_grpc
