@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from services.common.metadata import STATUS_DETAILS_KEY
 from services.common.rpc_status import RpcFailure, decode_rpc_error
 
 HTTP_STATUS = {
@@ -81,20 +80,11 @@ def from_rpc_error(error: grpc.RpcError, backend: str, address: str) -> GatewayE
     service = ""
     if failure.code == "UNAVAILABLE":
         service = backend
-        if not _has_rich_status(error):
+        if not failure.rich:
             message = f"{backend} service unavailable at {address}: {failure.message or 'no answer'}"
     elif failure.code == "DEADLINE_EXCEEDED" and not message:
         message = f"{backend} service did not answer in time"
     return GatewayError(failure.code, message, list(failure.field_violations), service)
-
-
-def _has_rich_status(error: grpc.RpcError) -> bool:
-    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    for item in trailing or ():
-        key = item.key if hasattr(item, "key") else item[0]
-        if key == STATUS_DETAILS_KEY:
-            return True
-    return False
 
 
 def dumps(obj) -> bytes:

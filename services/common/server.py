@@ -15,18 +15,17 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import Config
 from services.common.auth import check_bind_allowed, grpc_auth_guard, load_api_keys, tls_server_files
 from services.common.errors import ServiceError, Unavailable
-from services.common.metadata import REQUEST_ID_KEY, STATUS_DETAILS_KEY
+from services.common.metadata import REQUEST_ID_KEY
+from services.common.rpc_status import rich_status, to_grpc_status  # noqa: F401 - rich_status re-exported
 from services.common.metrics import RPC_STREAMS_OPEN, rpc_observer, start_metrics_server
 from services.common.logging_setup import new_request_id, request_id_var, setup_logging
 
@@ -35,26 +34,9 @@ log = logging.getLogger("wintrain.server")
 _UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def rich_status(code_name: str, message: str, field_violations: Iterable[tuple[str, str]] = ()) -> status_pb2.Status:
-    """A google.rpc.Status; bad-request violations go into a BadRequest detail."""
-    status = status_pb2.Status(code=getattr(code_pb2, code_name), message=message)
-    violations = list(field_violations)
-    if violations:
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
-        ]))
-        status.details.append(detail)
-    return status
-
-
 async def abort_with_error(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
     """End the call with the error's canonical code, message and field violations."""
-    status = rich_status(error.code, error.message, error.field_violations)
-    await context.abort(
-        grpc.StatusCode[error.code], error.message,
-        trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
-    )
+    await context.abort_with_status(to_grpc_status(error.code, error.message, error.field_violations))
 
 
 def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:

@@ -15,8 +15,9 @@ import uvicorn
 from gateway.app import create_app
 from services.common.config import SERVICE_NAMES, Config
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from services.common.metadata import REQUEST_ID_KEY, STATUS_DETAILS_KEY
-from services.common.server import rich_status, service_full_name
+from services.common.metadata import REQUEST_ID_KEY
+from services.common.rpc_status import to_grpc_status
+from services.common.server import service_full_name
 from wintrain.data.v1 import data_pb2, data_pb2_grpc
 from wintrain.inference.v1 import inference_pb2, inference_pb2_grpc
 from wintrain.train.v1 import train_pb2, train_pb2_grpc
@@ -78,9 +79,7 @@ class FakeState:
 
 
 async def abort(context, code: str, message: str, violations=()) -> None:
-    status = rich_status(code, message, violations)
-    await context.abort(grpc.StatusCode[code], message,
-                        trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),))
+    await context.abort_with_status(to_grpc_status(code, message, violations))
 
 
 def _rid(context) -> str:
