@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Callable
 from unicodedata import normalize
 
+from services.common.dataset.dedupe import content_hash, find_duplicates
 from services.common.errors import AlreadyExists, Cancelled, InvalidArgument, PermissionDenied
 from services.common.fsutil import atomic_write_text, atomic_writer
-from services.data.formats import (
+from services.common.dataset.formats import (
     FORMATS,
     detect_row_format,
     dumps_conversation,
@@ -53,6 +54,7 @@ from services.data.validation import (
     explain_json,
     plan_ranges,
     run_workers,
+    scratch_prefix,
     scan_json,
 )
 
@@ -305,7 +307,7 @@ def _pass1(reader: RowReader, start: int, end: int | None, fmt_choice: str, spoo
                 except UnicodeEncodeError:  # an unpaired surrogate escape
                     dropped["invalid_unicode"] = dropped.get("invalid_unicode", 0) + 1
                     continue
-            h = hash(data)
+            h = content_hash(data)
             b = buckets[h & mask]
             b.append(h)
             b.append(n_rows)
@@ -327,7 +329,7 @@ def _pass1(reader: RowReader, start: int, end: int | None, fmt_choice: str, spoo
 def _worker_main() -> None:
     """Entry point of a processing worker: pass 1 over one byte range into an inherited
     spool file descriptor; the result is pickled."""
-    payload = pickle.loads(sys.stdin.buffer.read())
+    payload = json.loads(sys.argv[sys.argv.index("--worker") + 1])
     reader = RowReader(Path(payload["path"]), max_row_bytes=payload["max_row_bytes"])
     with os.fdopen(payload["spool_fd"], "wb", closefd=False) as spool:
         res = _pass1(reader, payload["start"], payload["end"], payload["fmt_choice"], spool,
@@ -336,23 +338,28 @@ def _worker_main() -> None:
         pickle.dump(res, f)
 
 
-def _find_duplicates(parts: list[_Pass1], bases: list[int], n: int) -> bytearray:
+def _find_duplicates(parts: list[_Pass1], bases: list[int], n: int,
+                     read: Callable[[int], bytes]) -> bytearray:
     """Flags (1 = a later copy of an earlier row) over all parts, by global row; buckets are
-    visited part by part in input order, so the first copy is the one kept."""
+    visited part by part in input order, so the first copy is the one kept. Rows with equal
+    hashes are compared on their bytes (`read(global row)`)."""
     dup = bytearray(n)
-    for j in range(1 << _BUCKET_BITS):
-        seen: set[int] = set()
-        add = seen.add
-        for part, base in zip(parts, bases):
-            b = part.buckets[j]
-            for k in range(0, len(b), 2):
-                h = b[k]
-                if h in seen:
-                    dup[base + b[k + 1]] = 1
-                else:
-                    add(h)
-        for part in parts:
-            part.buckets[j] = array("q")  # free as we go
+
+    def buckets():
+        for j in range(1 << _BUCKET_BITS):
+            pairs = array("q")
+            for part, base in zip(parts, bases):
+                b = part.buckets[j]
+                if base:
+                    b = array("q", b)
+                    for k in range(1, len(b), 2):
+                        b[k] += base
+                pairs.extend(b)
+                part.buckets[j] = array("q")  # free as we go
+            yield pairs
+
+    for i in find_duplicates(buckets(), lambda i, j: read(i) == read(j)):
+        dup[i] = 1
     return dup
 
 
@@ -438,7 +445,7 @@ def _process(input_path: Path, output_dir: Path, fmt_choice: str, split: SplitSp
             spools = [tempfile.TemporaryFile(dir=output_dir, prefix=".wintrain-spool-")
                       for _ in (ranges if parallel else [0])]
             if parallel:
-                with tempfile.TemporaryDirectory(prefix="wintrain-process-") as work:
+                with tempfile.TemporaryDirectory(prefix=scratch_prefix("process")) as work:
                     payloads = [{"path": str(input_path), "start": a, "end": b,
                                  "fmt_choice": fmt_choice, "max_row_bytes": max_row_bytes,
                                  "spool_fd": spool.fileno()}
@@ -477,7 +484,8 @@ def _process(input_path: Path, output_dir: Path, fmt_choice: str, split: SplitSp
         for part in parts:
             bases.append(n_rows)
             n_rows += part.n_rows
-        dup = _find_duplicates(parts, bases, n_rows)
+        read = _row_reader(parts, spools, bases)
+        dup = _find_duplicates(parts, bases, n_rows, read)
         duplicates = sum(dup) if n_rows else 0
         kept = array("q", (i for i in range(n_rows) if not dup[i])) if duplicates \
             else array("q", range(n_rows))
@@ -500,7 +508,6 @@ def _process(input_path: Path, output_dir: Path, fmt_choice: str, split: SplitSp
             n_train = n_val = n_test = 0
             outputs = [(targets[0], 0, len(kept))]
 
-        read = _row_reader(parts, spools, bases)
         file_mode = _default_file_mode()
         files: list[OutputFile] = []
         with ExitStack() as stack:

@@ -28,8 +28,10 @@ from json import scanner as _json_scanner
 from pathlib import Path
 from typing import Callable, Iterator
 
+from services.common.dataset import dedupe
+from services.common.proc import die_with_parent
 from services.common.errors import Cancelled, InvalidArgument, NotFound, PermissionDenied
-from services.data.formats import detect_row_format
+from services.common.dataset.formats import detect_row_format
 
 DEFAULT_MAX_ROW_BYTES = 1 << 20
 DEFAULT_MAX_ERRORS = 50
@@ -116,16 +118,6 @@ class ValidationReport:
     issue_counts: dict[str, int] = field(default_factory=dict)
     # "jsonl" or "json_array".
     file_kind: str = "jsonl"
-
-    def legacy_dict(self) -> dict:
-        """The original API's `data` payload."""
-        return {
-            "is_valid": self.is_valid,
-            "total_samples": self.total_samples,
-            "valid_samples": self.valid_samples,
-            "invalid_samples": self.invalid_samples,
-            "error_messages": list(self.error_messages),
-        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,15 +627,16 @@ def _explain_order(roles: list[str]) -> list[tuple[str, str, str]]:
 
 
 class DuplicateCounter:
-    """Counts values (64-bit hashes) seen more than once, in memory that stays flat.
+    """Holds `(content hash, row id)` pairs (see services.common.dataset.dedupe) in memory that
+    stays flat.
 
-    Hashes go to one of 256 buckets by their low bits; when the buckets together hold more than
-    `spill_at` hashes they are appended to per-bucket files in a spill folder (its own
+    Pairs go to one of 256 buckets by the hash's low bits; when the buckets together hold more
+    than `spill_at` pairs they are appended to per-bucket files in a spill folder (its own
     temporary one, or `spill_dir` shared by several counters, each under its own `name`).
-    Counting then goes bucket by bucket, so at most 1/256 of the hashes are in a set at once.
+    Duplicates are then found bucket by bucket, so at most 1/256 of the pairs are in memory.
     """
 
-    BUCKET_BITS = 8
+    BUCKET_BITS = dedupe.BUCKET_BITS
 
     def __init__(self, spill_at: int = 1_000_000, *, spill_dir: str | None = None,
                  name: str = "0"):
@@ -655,8 +648,10 @@ class DuplicateCounter:
         self._shared_dir = spill_dir
         self._own_dir: tempfile.TemporaryDirectory | None = None
 
-    def add(self, h: int) -> None:
-        self.buckets[h & self.mask].append(h)
+    def add(self, h: int, row: int) -> None:
+        b = self.buckets[h & self.mask]
+        b.append(h)
+        b.append(row)
         self._held += 1
         if self._held >= self.spill_at:
             self.spill()
@@ -665,12 +660,12 @@ class DuplicateCounter:
         if self._shared_dir is not None:
             return self._shared_dir
         if self._own_dir is None:
-            self._own_dir = tempfile.TemporaryDirectory(prefix="wintrain-dups-")
+            self._own_dir = tempfile.TemporaryDirectory(prefix=scratch_prefix("dups"))
         return self._own_dir.name
 
     def spill(self) -> None:
-        """Move every held hash to disk (callers that append to `buckets` directly call it
-        every `spill_at` hashes)."""
+        """Move every held pair to disk (callers that append to `buckets` directly call it
+        every `spill_at` pairs)."""
         folder = self._dir()
         for i, bucket in enumerate(self.buckets):
             if bucket:
@@ -679,14 +674,8 @@ class DuplicateCounter:
                 del bucket[:]
         self._held = 0
 
-    def duplicates(self) -> int:
-        """Values that repeat an earlier one, over this counter and, with a shared folder,
-        every counter that spilled there."""
-        try:
-            folder = self._shared_dir or (self._own_dir.name if self._own_dir else None)
-            return count_duplicates(folder, self.buckets)
-        finally:
-            self.close()
+    def folder(self) -> str | None:
+        return self._shared_dir or (self._own_dir.name if self._own_dir else None)
 
     def close(self) -> None:
         if self._own_dir is not None:
@@ -694,27 +683,64 @@ class DuplicateCounter:
             self._own_dir = None
 
 
-def count_duplicates(folder: str | None, buckets: list[array] | None = None) -> int:
-    """Duplicates among the hashes spilled into `folder` (files `<name>.<bucket>`) and the
-    in-memory `buckets`, one bucket at a time."""
-    by_bucket: dict[int, list[str]] = {}
+def iter_buckets(folder: str | None, buckets: list[array] | None = None,
+                 bases: dict[str, int] | None = None) -> Iterator[array]:
+    """Each bucket's `(hash, global row id)` pairs: those spilled into `folder` (files
+    `<name>.<bucket>`, their ids shifted by `bases[name]`) and the in-memory `buckets`."""
+    by_bucket: dict[int, list[tuple[str, str]]] = {}
     if folder is not None:
-        for entry in os.listdir(folder):
+        for entry in sorted(os.listdir(folder)):
             name, _, bucket = entry.rpartition(".")
             if name and bucket.isdigit():
-                by_bucket.setdefault(int(bucket), []).append(os.path.join(folder, entry))
+                by_bucket.setdefault(int(bucket), []).append((name, os.path.join(folder, entry)))
     n_buckets = max([len(buckets or [])] + [b + 1 for b in by_bucket])
-    dups = 0
     for i in range(n_buckets):
         values = array("q")
-        for spilled in by_bucket.get(i, ()):
+        for name, spilled in by_bucket.get(i, ()):
+            part = array("q")
             with open(spilled, "rb") as f:
-                values.frombytes(f.read())
+                part.frombytes(f.read())
+            base = (bases or {}).get(name, 0)
+            if base:
+                for k in range(1, len(part), 2):
+                    part[k] += base
+            values.extend(part)
         if buckets is not None and i < len(buckets):
             values.extend(buckets[i])
-        if values:
-            dups += len(values) - len(set(values))
-    return dups
+        yield values
+
+
+def count_duplicates(path: Path, reader: "RowReader", folder: str | None,
+                     buckets: list[array] | None = None,
+                     bases: dict[str, int] | None = None) -> int:
+    """Rows whose normalised bytes repeat an earlier row's (ids are global entry numbers).
+    Only rows whose hash repeats are read again (a second pass over the file, done only when
+    there are any), and those are compared on their bytes."""
+    candidates = dedupe.repeated_hash_ids(iter_buckets(folder, buckets, bases))
+    if not candidates:
+        return 0
+    with tempfile.TemporaryFile(prefix="wintrain-dupcheck-") as spool:
+        where: dict[int, tuple[int, int]] = {}
+        offset = 0
+        number = 0
+        for block in reader.blocks():
+            for raw in block:
+                number += 1
+                if number not in candidates:
+                    continue
+                text = raw.decode("utf-8")
+                key = dedupe.row_key(raw, text, parse_row(text.strip(_WS)))
+                spool.write(key)
+                where[number] = (offset, len(key))
+                offset += len(key)
+        spool.flush()
+        fd = spool.fileno()
+
+        def same(i: int, j: int) -> bool:
+            (oi, ni), (oj, nj) = where[i], where[j]
+            return ni == nj and os.pread(fd, ni, oi) == os.pread(fd, nj, oj)
+
+        return sum(1 for _ in dedupe.find_duplicates(iter_buckets(folder, buckets, bases), same))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,6 +786,7 @@ def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: 
     chars_seen = array("q")  # folded into chars_hist in C every _FOLD_EVERY rows
     add_chars = chars_seen.append
     buckets, mask, spill_at = dups.buckets, dups.mask, dups.spill_at
+    row_key, content_hash = dedupe.row_key, dedupe.content_hash
     held = 0
     scan = scan_json
     max_bytes = reader.max_row_bytes
@@ -850,8 +877,11 @@ def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: 
                 systems += 1
                 n -= 1
             pair_messages += n
-            h = hash(raw)
-            buckets[h & mask].append(h)
+            key = row_key(raw, text, obj)
+            h = content_hash(key if key is not None else raw)  # None: not reached for valid rows
+            b = buckets[h & mask]
+            b.append(h)
+            b.append(number)
             held += 1
             if held >= spill_at:
                 dups.spill()
@@ -907,37 +937,70 @@ def plan_ranges(path: Path, size: int, workers: int) -> list[tuple[int, int | No
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def scratch_prefix(kind: str) -> str:
+    """Prefix of a scratch folder in TMPDIR that names its owner: `wintrain-<kind>-<pid>-`."""
+    return f"wintrain-{kind}-{os.getpid()}-"
+
+
+_SCRATCH = re.compile(r"wintrain-(?:process|validate|dups|dupcheck)-(\d+)-")
+
+
+def clean_stale_scratch(folder: str | None = None) -> list[str]:
+    """Remove scratch folders (`wintrain-process-<pid>-*`, ...) in `folder` (TMPDIR) whose
+    owning process is dead, as a kill -9 leaves them; returns the paths removed."""
+    import shutil
+
+    folder = folder or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _SCRATCH.match(entry)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+            continue  # alive (or not ours to signal): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        path = os.path.join(folder, entry)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 # Parallel runs at a time in this process; a run that finds none free works in-process.
 PARALLEL_SLOTS = threading.BoundedSemaphore(1)
 PARALLEL_MIN_BYTES = 32 << 20
 
 
 def run_workers(module: str, payloads: list[dict], workdir: str,
-                should_stop: Callable[[], bool] | None, pass_fds: tuple[int, ...] = (),
-                hash_seed: int | None = None) -> list:
-    """Run `python -m <module> --worker` once per payload, all at once, and return their
-    results in payload order. Each worker reads its pickled payload on stdin and pickles its
-    result to `payload["result"]`; all share one PYTHONHASHSEED so their hash() values agree.
-    Raises Cancelled (workers killed) when `should_stop()` turns true, RuntimeError when a
-    worker fails."""
+                should_stop: Callable[[], bool] | None, pass_fds: tuple[int, ...] = ()) -> list:
+    """Run `python -m <module> --worker <payload as JSON>` once per payload, all at once, and
+    return their results in payload order; each worker pickles its result to
+    `payload["result"]` in `workdir`. Workers get a parent-death signal, so a killed service
+    leaves none behind. Raises Cancelled (workers killed) when `should_stop()` turns true,
+    RuntimeError when a worker fails."""
     repo = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PYTHONHASHSEED"] = str(hash_seed if hash_seed is not None
-                                else int.from_bytes(os.urandom(4), "little"))
     procs = []
     try:
         for k, payload in enumerate(payloads):
             payload = dict(payload, result=os.path.join(workdir, f"result-{k}.pickle"))
             payloads[k] = payload
             err = open(os.path.join(workdir, f"stderr-{k}.txt"), "wb")
-            proc = subprocess.Popen([sys.executable, "-m", module, "--worker"], cwd=repo,
-                                    env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=err, pass_fds=pass_fds)
+            proc = subprocess.Popen([sys.executable, "-m", module, "--worker", json.dumps(payload)],
+                                    cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err, pass_fds=pass_fds,
+                                    preexec_fn=die_with_parent)
             err.close()
             procs.append(proc)
-            proc.stdin.write(pickle.dumps(payload))
-            proc.stdin.close()
         while any(p.poll() is None for p in procs):
             if should_stop is not None and should_stop():
                 raise Cancelled("cancelled")
@@ -961,7 +1024,7 @@ def run_workers(module: str, payloads: list[dict], workdir: str,
 
 def _worker_main() -> None:
     """Entry point of a validation worker: one byte range, partial result pickled."""
-    payload = pickle.loads(sys.stdin.buffer.read())
+    payload = json.loads(sys.argv[sys.argv.index("--worker") + 1])
     reader = RowReader(Path(payload["path"]), max_row_bytes=payload["max_row_bytes"])
     dups = DuplicateCounter(spill_dir=payload["spill_dir"], name=payload["name"])
     part = _validate_range(reader, payload["start"], payload["end"], payload["max_errors"],
@@ -997,21 +1060,25 @@ def validate_file(
     parts: list[_Partial] = []
     if len(ranges) > 1 and PARALLEL_SLOTS.acquire(blocking=False):
         try:
-            with tempfile.TemporaryDirectory(prefix="wintrain-validate-") as work:
+            with tempfile.TemporaryDirectory(prefix=scratch_prefix("validate")) as work:
                 spill = os.path.join(work, "dups")
                 os.mkdir(spill)
                 payloads = [{"path": str(path), "start": a, "end": b, "name": f"w{k}",
                              "max_row_bytes": max_row_bytes, "max_errors": max_errors,
                              "spill_dir": spill} for k, (a, b) in enumerate(ranges)]
                 parts = run_workers("services.data.validation", payloads, work, should_stop)
-                duplicates = count_duplicates(spill)
+                bases, base = {}, 0
+                for k, part in enumerate(parts):
+                    bases[f"w{k}"] = base
+                    base += part.entries
+                duplicates = count_duplicates(path, reader, spill, None, bases)
         finally:
             PARALLEL_SLOTS.release()
     else:
         dups = DuplicateCounter()
         try:
             parts = [_validate_range(reader, 0, None, max_errors, dups, should_stop)]
-            duplicates = dups.duplicates()
+            duplicates = count_duplicates(path, reader, dups.folder(), dups.buckets)
         finally:
             dups.close()
     return _report(path, reader, parts, duplicates, max_errors, field)

@@ -82,7 +82,7 @@ class EvalResult:
     report_path: Path | None = None
 
 
-# Formats the data service converts to conversations (services.data.formats).
+# Formats the data service converts to conversations (services.common.dataset.formats).
 CONVERTIBLE_FORMATS = ("openai", "sharegpt", "alpaca")
 
 
@@ -96,7 +96,7 @@ def read_rows(path: Path, *, max_row_bytes: int, limit: int, field_name: str = "
               should_stop: Callable[[], bool] | None = None) -> tuple[list[_Row], Counter]:
     """Valid conversation rows of the dataset (the data service's row rules), at most `limit`
     (0: all), and the count of invalid rows by their first problem's code."""
-    from services.data.formats import detect_row_format
+    from services.common.dataset.formats import detect_row_format
     from services.data.validation import RowError, RowReader, check_input_file, explain_row, parse_row
 
     check_input_file(path, field=field_name)

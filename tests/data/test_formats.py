@@ -1,4 +1,4 @@
-"""Unit tests of services.data.formats: detection and normalisation of the four row formats,
+"""Unit tests of services.common.dataset.formats: detection and normalisation of the four formats,
 and byte-exact serialisation."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from services.data.formats import (
+from services.common.dataset.formats import (
     detect_row_format,
     dumps_conversation,
     fast_conversation_line,

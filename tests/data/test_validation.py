@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import Cancelled, InvalidArgument, NotFound
+from services.common.dataset import dedupe
 from services.data import validation
 from services.data.validation import (
     DuplicateCounter,
@@ -55,8 +56,7 @@ def test_original_sample_is_valid(tmp_path):
     assert (report.total_samples, report.valid_samples, report.invalid_samples) == (3, 3, 0)
     assert report.error_messages == [] and report.issues == []
     assert report.detected_format == "conversations"
-    assert report.legacy_dict() == {"is_valid": True, "total_samples": 3, "valid_samples": 3,
-                                    "invalid_samples": 0, "error_messages": []}
+    assert report.stats.exact_duplicates == 2
 
 
 def test_shared_sample_file_is_valid():
@@ -423,10 +423,16 @@ def test_duplicate_counter_spills_to_disk_with_the_same_answer():
     rnd.shuffle(values)
     in_memory = DuplicateCounter()
     spilling = DuplicateCounter(spill_at=97)
-    for v in values:
-        in_memory.add(v)
-        spilling.add(v)
-    assert in_memory.duplicates() == spilling.duplicates() == 1244
+    for i, v in enumerate(values):
+        in_memory.add(v, i)
+        spilling.add(v, i)
+    try:
+        for counter in (in_memory, spilling):
+            pairs = list(validation.iter_buckets(counter.folder(), counter.buckets))
+            assert sum(len(b) for b in pairs) == 2 * len(values)
+            assert sum(1 for _ in dedupe.find_duplicates(pairs, lambda i, j: True)) == 1244
+    finally:
+        spilling.close()
 
 
 def test_cancellation(tmp_path):
