@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
+from services.common.config import Config, ConfigError
 from services.common.errors import DeadlineExceeded, ResourceExhausted
 
 
@@ -52,6 +54,24 @@ class AdmissionLimiter:
         self._lock = threading.Lock()
         self._running = 0
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The worker threads of admitted work: one per slot, +1 because a finishing thread
+        hands its slot on before it is back in the pool."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent + 1,
+                                                    thread_name_prefix=f"wintrain-{self.section}")
+            return self._executor
+
+    def shutdown(self) -> None:
+        """Drop queued work (its slots are released); running work ends on its own."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def running(self) -> int:
@@ -120,3 +140,18 @@ class AdmissionLimiter:
             self._release_slot()
         else:
             fut.set_result(None)
+
+
+def limiter_from_config(config: Config, section: str, *, what: str, max_concurrent: int,
+                        max_queue: int) -> AdmissionLimiter:
+    """The limiter of one service from `<section>.max_concurrent` and `<section>.max_queue`
+    (the given numbers when unset). Raises ConfigError naming a bad key."""
+    values = {}
+    for key, default, minimum in (("max_concurrent", max_concurrent, 1), ("max_queue", max_queue, 0)):
+        value = config.get(f"{section}.{key}", default)
+        if value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"config: {section}.{key} must be an integer >= {minimum}, got {value!r}")
+        values[key] = value
+    return AdmissionLimiter(values["max_concurrent"], values["max_queue"], what=what, section=section)
