@@ -1,7 +1,8 @@
 """Apply the documented defaults declared in the protos (`wintrain.api.v1.default_value`).
 
-Servers call `apply_defaults(request)` first thing, so gRPC clients and HTTP clients get the
-same defaults, and the OpenAPI document shows the same values.
+The server runtime applies them once, where a request enters (`RuntimeInterceptor`, with the
+deployment limits a service registered), so gRPC and HTTP clients get the same defaults, and
+the OpenAPI document shows the same values. Servicers never call this themselves.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ def field_default(field: FieldDescriptor):
         return None
     raw = opts.Extensions[options_pb2.default_value]
     return json.loads(raw) if raw else None
+
+
+# Per request message type (full name): deployment limits on its documented defaults.
+DefaultLimits = Mapping[str, Mapping[str, "int | float"]]
+
+
+def apply_request_defaults(request: Message, limits_by_type: DefaultLimits | None = None) -> Message:
+    """`apply_defaults` with the limits registered for this request's type (the entry step)."""
+    return apply_defaults(request, (limits_by_type or {}).get(request.DESCRIPTOR.full_name))
 
 
 def apply_defaults(message: Message, limits: Mapping[str, int | float] | None = None) -> Message:

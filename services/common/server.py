@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -25,6 +26,7 @@ from services.common.config import Config
 from services.common.auth import check_bind_allowed, grpc_auth_guard, load_api_keys, tls_server_files
 from services.common.errors import ServiceError, Unavailable
 from services.common.metadata import REQUEST_ID_KEY
+from services.common.proto_defaults import DefaultLimits, apply_request_defaults
 from services.common.rpc_status import rich_status, to_grpc_status  # noqa: F401 - rich_status re-exported
 from services.common.metrics import RPC_STREAMS_OPEN, rpc_observer, start_metrics_server
 from services.common.logging_setup import new_request_id, request_id_var, setup_logging
@@ -59,6 +61,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         self.guards = guards or []
         self.observers = observers or []
         self.service = service
+        # Deployment limits on documented defaults, per request type (ServiceRuntime.limit_defaults).
+        self.default_limits: dict[str, dict[str, int | float]] = {}
         # Set when draining starts: open streams end at once with UNAVAILABLE.
         self.shutting_down: asyncio.Event | None = None
 
@@ -103,35 +107,37 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         for observer in self.observers:
             observer(method, code, elapsed)
 
-    async def _handle_error(self, method: str, context, exc: BaseException) -> str:
-        if isinstance(exc, ServiceError):
+    @contextlib.asynccontextmanager
+    async def _call(self, method: str, request, context):
+        """The one entry and error path of every call: request id, guards, proto defaults,
+        then domain errors to rich status and anything unexpected to a safe INTERNAL."""
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            await self._begin(method, context)
+            if isinstance(request, Message):
+                apply_request_defaults(request, self.default_limits)
+            yield
+        except grpc.aio.AbortError:
+            code = _code_name(context)
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except ServiceError as exc:
+            code = exc.code
             await abort_with_error(context, exc)
-        log.error("unhandled exception in %s", method, exc_info=exc)
-        rid = request_id_var.get()
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
-        return "INTERNAL"  # not reached: abort raises
+        except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are caught
+            code = "INTERNAL"
+            log.error("unhandled exception in %s", method, exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id_var.get()})")
+        finally:
+            self._finish(method, code, started)
 
     def _wrap_unary(self, method: str, behavior):
         async def wrapper(request, context):
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                await self._begin(method, context)
+            async with self._call(method, request, context):
                 return await behavior(request, context)
-            except grpc.aio.AbortError:
-                code = _code_name(context)
-                raise
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except ServiceError as exc:
-                code = exc.code
-                await self._handle_error(method, context, exc)
-            except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are caught
-                code = "INTERNAL"
-                await self._handle_error(method, context, exc)
-            finally:
-                self._finish(method, code, started)
         return wrapper
 
     async def _until_shutdown(self, stream, method: str):
@@ -171,30 +177,13 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_stream(self, method: str, behavior):
         async def wrapper(request, context):
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                await self._begin(method, context)
+            async with self._call(method, request, context):
                 result = behavior(request, context)
                 if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
                     async for item in self._until_shutdown(result, method):
                         yield item
                 else:
                     await result
-            except grpc.aio.AbortError:
-                code = _code_name(context)
-                raise
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except ServiceError as exc:
-                code = exc.code
-                await self._handle_error(method, context, exc)
-            except Exception as exc:  # noqa: BLE001
-                code = "INTERNAL"
-                await self._handle_error(method, context, exc)
-            finally:
-                self._finish(method, code, started)
         return wrapper
 
 
@@ -226,6 +215,14 @@ class ServiceRuntime:
         await self.health.set("", state)
         for name in self.service_names:
             await self.health.set(name, state)
+
+    def limit_defaults(self, limits_by_type: DefaultLimits) -> None:
+        """Hold documented defaults to this deployment's limits, per request type full name
+        (`{"wintrain.inference.v1.ChatRequest": {"max_tokens": cap}}`): a client that did not
+        name a field gets the limit, not a refusal of a value it never sent."""
+        if self.interceptor is not None:
+            for type_name, limits in limits_by_type.items():
+                self.interceptor.default_limits.setdefault(type_name, {}).update(limits)
 
     def on_shutdown(self, hook: Callable[[], Awaitable[None] | None]) -> None:
         self.shutdown_hooks.append(hook)

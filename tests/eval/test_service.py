@@ -227,18 +227,23 @@ def test_documented_defaults_fit_lower_deployment_limits(workspace, tiny_model_d
     """A deployment capping generation below the documented default (128) must not refuse a
     request that never named max_new_tokens; a value the client names is still checked."""
     from services.common.errors import InvalidArgument
+    from services.common.proto_defaults import apply_request_defaults
     from services.eval.server import EvalServicer
     from tests.support import make_config
 
     cfg = make_config(workspace, tiny_model_dir, **{"inference.max_new_tokens_cap": 8, "eval.max_batch_size": 4})
     write_rows(workspace / "d.jsonl", read_conversations(BILINGUAL, 1))
     servicer = EvalServicer(cfg)
-    job = servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", metrics=["loss"]))
+
+    def job_of(request):  # what the server runtime does where a request enters, then the servicer
+        return servicer._job(apply_request_defaults(request, servicer.default_limits))
+
+    job = job_of(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", metrics=["loss"]))
     assert (job.max_new_tokens, job.batch_size) == (8, 4)  # documented defaults 128 and 8
     with pytest.raises(InvalidArgument) as err:
-        servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", batch_size=5))
+        job_of(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", batch_size=5))
     assert "batch_size" in dict(err.value.field_violations)
-    assert servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", max_new_tokens=5)).max_new_tokens == 5
+    assert job_of(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", max_new_tokens=5)).max_new_tokens == 5
     with pytest.raises(InvalidArgument) as err:
-        servicer._job(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", max_new_tokens=9))
+        job_of(eval_pb2.EvaluateRequest(dataset_path="d.jsonl", max_new_tokens=9))
     assert dict(err.value.field_violations)["max_new_tokens"] == "must be between 1 and 8, got 9"
