@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
+from services.common.admission import limiter_from_config
+from services.common.blocking import run_admitted
 from services.common.paths import resolve_allowed_path
 from services.common.server import ServiceRuntime, service_full_name
 from services.data.processing import ProcessReport, SplitSpec, process_file
@@ -55,25 +54,17 @@ def process_to_proto(report: ProcessReport) -> data_pb2.ProcessDatasetResponse:
     )
 
 
-async def _run_cancellable(fn, *args, **kwargs):
-    """Run blocking `fn` in a thread; if the call is cancelled, tell it to stop."""
-    stop = threading.Event()
-    try:
-        return await asyncio.to_thread(fn, *args, should_stop=stop.is_set, **kwargs)
-    finally:
-        stop.set()
-
-
 class DataServicer(data_pb2_grpc.DataServiceServicer):
     def __init__(self, config):
         self.config = config
         self.max_errors = int(config.get("dataset.max_errors", 50))
         self.max_row_bytes = int(config.get("dataset.max_row_bytes", 1 << 20))
+        self.limiter = limiter_from_config(config, "dataset", what="dataset passes", max_concurrent=2, max_queue=8)
 
     async def ValidateDataset(self, request, context):
         path = resolve_allowed_path(request.file_path, self.config, field="file_path", must_exist=True)
-        report = await _run_cancellable(validate_file, path, max_errors=self.max_errors,
-                                        max_row_bytes=self.max_row_bytes, field="file_path")
+        report = await run_admitted(self.limiter, validate_file, path, max_errors=self.max_errors,
+                                    max_row_bytes=self.max_row_bytes, field="file_path", context=context)
         return validation_to_proto(report)
 
     async def ProcessDataset(self, request, context):
@@ -84,12 +75,14 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             sc = request.split_config
             split = SplitSpec(train_ratio=sc.train_ratio, val_ratio=sc.val_ratio, test_ratio=sc.test_ratio,
                               shuffle=sc.shuffle, seed=sc.seed)
-        report = await _run_cancellable(process_file, source, out_dir, format_type=request.format_type,
-                                        split=split, overwrite=request.overwrite,
-                                        max_row_bytes=self.max_row_bytes)
+        report = await run_admitted(self.limiter, process_file, source, out_dir, format_type=request.format_type,
+                                    split=split, overwrite=request.overwrite,
+                                    max_row_bytes=self.max_row_bytes, context=context)
         return process_to_proto(report)
 
 
 def register(runtime: ServiceRuntime) -> list[str]:
-    data_pb2_grpc.add_DataServiceServicer_to_server(DataServicer(runtime.config), runtime.server)
+    servicer = DataServicer(runtime.config)
+    data_pb2_grpc.add_DataServiceServicer_to_server(servicer, runtime.server)
+    runtime.on_shutdown(servicer.limiter.shutdown)
     return [service_full_name(data_pb2, "DataService")]

@@ -1,20 +1,18 @@
 """EvalService: a thin servicer over `services.eval.runner`.
 
 Requests are checked here (metric names, numbers, every path through the path policy), then
-the evaluation runs in a worker thread. Its progress callback feeds an asyncio.Queue on the
-event loop; `EvaluateStream` yields each event, `Evaluate` waits for the result. When the
-client goes away, the worker's stop flag is set and it ends at the next batch.
+the evaluation runs as admitted blocking work (`services.common.blocking`): `EvaluateStream`
+yields each progress event, `Evaluate` waits for the result. When the client goes away, the
+worker's stop flag is set and it ends at the next batch; its slot is freed when it has ended.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-from typing import AsyncIterator
 
 from services.common.config import Config, ConfigError
-from services.common.admission import AdmissionLimiter
+from services.common.admission import limiter_from_config
+from services.common.blocking import run_admitted, stream_admitted
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.modeling import ModelSource, resolve_model_source
 from services.common.paths import display_path, resolve_allowed_path
@@ -36,11 +34,7 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
     def __init__(self, config: Config):
         self.config = config
         self.max_batch_size = _positive_int(config, "eval.max_batch_size", 256)
-        max_queue = int(config.get("eval.max_queue", 8))
-        if max_queue < 0:
-            raise ConfigError(f"config: eval.max_queue must be >= 0, got {max_queue!r}")
-        self.limiter = AdmissionLimiter(_positive_int(config, "eval.max_concurrent", 1), max_queue,
-                                        what="evaluations", section="eval")
+        self.limiter = limiter_from_config(config, "eval", what="evaluations", max_concurrent=1, max_queue=8)
         _positive_int(config, "eval.max_length", 512)
         # Applied where a request enters (services.common.server): defaults held to these limits.
         self.default_limits = {eval_pb2.EvaluateRequest.DESCRIPTOR.full_name: {
@@ -105,59 +99,20 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
                 [("lora_adapter_path", "no safetensors weights")])
         return ModelSource(path=adapter, kind="adapter", base_path=source.base_path, adapter_path=adapter)
 
-    # -- running ------------------------------------------------------------------------
-    async def _run(self, job: EvalJob) -> AsyncIterator[tuple[str, object]]:
-        """Yield ("progress", (phase, done, total)) events, then ("result", EvalResult).
-        Domain errors of the evaluation are raised from here."""
-        ticket = await self.limiter.acquire()
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        stop = threading.Event()
-
-        def progress(phase: str, done: int, total: int) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, (phase, done, total))
-
-        task = asyncio.ensure_future(asyncio.to_thread(
-            run_evaluation, job, self.config, progress=progress, should_stop=stop.is_set))
-        # The slot is freed when the worker really ends, not when the client leaves.
-        task.add_done_callback(lambda _t: ticket.release())
-        try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield "progress", getter.result()
-                    continue
-                getter.cancel()
-                break
-            while not queue.empty():
-                yield "progress", queue.get_nowait()
-            yield "result", task.result()
-        finally:
-            if not task.done():
-                stop.set()
-                log.info("evaluation stopped: the client went away")
-                task.add_done_callback(_consume_exception)
-
+    # -- RPCs ---------------------------------------------------------------------------
     async def Evaluate(self, request, context):
         job = self._job(request)
-        result = None
-        async for kind, payload in self._run(job):
-            if kind == "result":
-                result = payload
-        return self._response(result)
+        return self._response(await run_admitted(self.limiter, run_evaluation, job, self.config, context=context))
 
     async def EvaluateStream(self, request, context):
         job = self._job(request)
-        async for kind, payload in self._run(job):
-            if kind == "progress":
-                phase, done, total = payload
+        async with stream_admitted(self.limiter, run_evaluation, job, self.config, context=context) as call:
+            async for phase, done, total in call:
                 yield eval_pb2.EvaluateProgress(phase=phase, samples_done=done, samples_total=total)
-            else:
-                result: EvalResult = payload
-                yield eval_pb2.EvaluateProgress(
-                    phase="done", samples_done=result.total_samples, samples_total=result.total_samples,
-                    result=self._response(result))
+            result: EvalResult = call.result()
+        yield eval_pb2.EvaluateProgress(
+            phase="done", samples_done=result.total_samples, samples_total=result.total_samples,
+            result=self._response(result))
 
     def _response(self, result: EvalResult) -> eval_pb2.EvaluateResponse:
         cfg = self.config
@@ -174,15 +129,10 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
         )
 
 
-def _consume_exception(task: asyncio.Future) -> None:
-    # A worker stopped because its client left ends with Cancelled; nobody awaits it.
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("abandoned evaluation ended: %s", task.exception())
-
-
 def register(runtime: ServiceRuntime) -> list[str]:
     servicer = EvalServicer(runtime.config)
     eval_pb2_grpc.add_EvalServiceServicer_to_server(servicer, runtime.server)
     runtime.limit_defaults(servicer.default_limits)
+    runtime.on_shutdown(servicer.limiter.shutdown)
     return [service_full_name(eval_pb2, "EvalService")]
 

@@ -9,13 +9,11 @@ the worker has really ended.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
-import threading
 
 from services.common.config import Config, ConfigError
-from services.common.admission import AdmissionLimiter
+from services.common.admission import limiter_from_config
+from services.common.blocking import run_admitted
 from services.common.paths import display_path, resolve_allowed_path
 from services.common.server import ServiceRuntime, service_full_name
 from services.export.exporter import (
@@ -42,8 +40,7 @@ def _int_setting(config: Config, key: str, default: int, minimum: int) -> int:
 class ExportServicer(export_pb2_grpc.ExportServiceServicer):
     def __init__(self, config: Config):
         self.config = config
-        self.limiter = AdmissionLimiter(_int_setting(config, "export.max_concurrent", 1, 1),
-                                        _int_setting(config, "export.max_queue", 4, 0), what="exports", section="export")
+        self.limiter = limiter_from_config(config, "export", what="exports", max_concurrent=1, max_queue=4)
         _int_setting(config, "export.parity_new_tokens", 16, 1)
 
     def spec_from_request(self, request: export_pb2.ExportOnnxRequest) -> ExportSpec:
@@ -67,21 +64,8 @@ class ExportServicer(export_pb2_grpc.ExportServiceServicer):
 
     async def ExportOnnx(self, request, context):
         spec = self.spec_from_request(request)
-        ticket = await self.limiter.acquire()
-        cancel = threading.Event()
-        ctx = contextvars.copy_context()  # keeps the request id on the worker's log lines
-        loop = asyncio.get_running_loop()
-        worker = loop.run_in_executor(None, ctx.run, run_export, spec, self.config, cancel)
-        # The slot is freed when the worker really ends, not when the client leaves.
-        worker.add_done_callback(lambda _f: ticket.release())
-        try:
-            result = await asyncio.shield(worker)
-        except asyncio.CancelledError:
-            cancel.set()
-            log.info("export stopping: the client went away", extra={"output_path": str(spec.output_path)})
-            worker.add_done_callback(_consume_exception)
-            raise
-        return self.to_proto(result)
+        return self.to_proto(await run_admitted(self.limiter, run_export, spec, self.config, stop="cancel",
+                                                context=context))
 
     def to_proto(self, result: ExportResult) -> export_pb2.ExportOnnxResponse:
         cfg = self.config
@@ -111,11 +95,8 @@ def _parity_proto(p: ParityResult) -> export_pb2.ParityReport:
     )
 
 
-def _consume_exception(fut: asyncio.Future) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.info("abandoned export ended: %s", fut.exception())
-
-
 def register(runtime: ServiceRuntime) -> list[str]:
-    export_pb2_grpc.add_ExportServiceServicer_to_server(ExportServicer(runtime.config), runtime.server)
+    servicer = ExportServicer(runtime.config)
+    export_pb2_grpc.add_ExportServiceServicer_to_server(servicer, runtime.server)
+    runtime.on_shutdown(servicer.limiter.shutdown)
     return [service_full_name(export_pb2, "ExportService")]

@@ -1,9 +1,9 @@
 """InferenceService servicer: protos in, plain values to the registry and engine, protos out.
 
-Every generation is admitted by the AdmissionLimiter first (RESOURCE_EXHAUSTED at once when
-full), then runs in a worker thread of an executor sized to `inference.max_concurrent`; the
-thread frees its slot when the generation really ends. A client that cancels (or whose
-deadline passes) stops its generation within one decoding step.
+Every generation goes through `services.common.blocking` (run_admitted / stream_admitted):
+admitted first (RESOURCE_EXHAUSTED at once when full), then run in a worker thread that loads
+the model and generates, freeing its slot when the generation really ends. A client that
+cancels, goes away or whose deadline passes stops its generation within one decoding step.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import collections
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from services.common.metrics import TOKENS_GENERATED
@@ -21,14 +20,14 @@ from services.common.errors import InvalidArgument
 from services.common.logging_setup import request_id_var
 from services.common.server import ServiceRuntime, service_full_name
 from services.inference import engine
-from services.common.admission import AdmissionLimiter, Ticket
+from services.common.admission import limiter_from_config
+from services.common.blocking import run_admitted, stream_admitted
 from services.inference.registry import LoadedModel, ModelRegistry
 from wintrain.inference.v1 import inference_pb2 as pb
 from wintrain.inference.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger("wintrain.inference")
 
-_END = object()  # end of a stream's piece queue
 _RECENT_RUNS = 256
 _DEFAULT_PAGE_SIZE = 50
 _MAX_PAGE_SIZE = 1000
@@ -63,11 +62,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, config: Config, registry: ModelRegistry | None = None):
         self.config = config
         self.registry = registry or ModelRegistry(config)
-        max_concurrent = int(config.get("inference.max_concurrent", 2))
-        self.limiter = AdmissionLimiter(max_concurrent, int(config.get("inference.max_queue", 8)))
-        # One thread per admitted generation (+1: a finishing thread hands its slot on before
-        # it is back in the pool).
-        self.executor = ThreadPoolExecutor(max_workers=max_concurrent + 1, thread_name_prefix="wintrain-generate")
+        self.limiter = limiter_from_config(config, "inference", what="generations", max_concurrent=2, max_queue=8)
         self.cap = int(config.get("inference.max_new_tokens_cap", 2048))
         # Applied where a request enters (services.common.server): defaults held to the cap.
         self.default_limits = {t.DESCRIPTOR.full_name: {"max_tokens": self.cap} for t in (pb.ChatRequest, pb.BatchRequest)}
@@ -103,40 +98,22 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         cached = self.registry.cached(source)  # the common case: no thread hop
         return cached if cached is not None else await asyncio.to_thread(self.registry.get, source)
 
-    def _work(self, ticket: Ticket, control: engine.RunControl, fn: Callable[[], Any]):
-        """Runs in a worker thread; the slot is freed the moment the generation ends."""
+    def _generate(self, source, control: engine.RunControl, fn: Callable[..., Any], *args, **kwargs):
+        """Runs in an admitted worker thread: load the model (once, however many ask), then
+        `fn(loaded, *args, control, **kwargs)`."""
         try:
-            return fn()
+            return fn(self.registry.get(source), *args, control, **kwargs)
         finally:
-            ticket.release()
             control.mark_finished()
-
-    async def _admitted(self, control: engine.RunControl, source, fn: Callable[[LoadedModel], Any]):
-        """Admit, load the model, run `fn(loaded)` in a worker thread; cancel it if we are."""
-        ticket = await self.limiter.acquire(timeout=control.remaining())
-        handed_over = False
-        try:
-            loaded = await self._load(source)
-            loop = asyncio.get_running_loop()
-            handed_over = True
-            future = loop.run_in_executor(self.executor, self._work, ticket, control, lambda: fn(loaded))
-            try:
-                return await future
-            except asyncio.CancelledError:
-                control.cancel()
-                raise
-        finally:
-            if not handed_over:
-                ticket.release()
 
     # -- RPCs -----------------------------------------------------------------------------
 
     async def Chat(self, request, context):
         messages, params, source = self._chat_inputs(request)
         control = self._control(context)
-        enable_thinking = request.enable_thinking
-        done = await self._admitted(control, source, lambda loaded: engine.chat(
-            loaded, messages, params, control, enable_thinking=enable_thinking))
+        done = await run_admitted(self.limiter, self._generate, source, control, engine.chat, messages, params,
+                                  enable_thinking=request.enable_thinking, stop=None, cancel=control.cancel,
+                                  timeout=control.remaining(), context=context)
         return pb.ChatResponse(
             content=done.content, thinking_content=done.thinking, finish_reason=done.finish_reason,
             usage=_usage(done.prompt_tokens, done.completion_tokens), model=str(source.path),
@@ -145,48 +122,15 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def ChatStream(self, request, context):
         messages, params, source = self._chat_inputs(request)
         control = self._control(context)
-        enable_thinking = request.enable_thinking
-        ticket = await self.limiter.acquire(timeout=control.remaining())
-        handed_over = False
-        try:
-            loaded = await self._load(source)
-            loop = asyncio.get_running_loop()
-            pieces: asyncio.Queue = asyncio.Queue()
-
-            def push(item) -> None:  # worker thread -> event loop
-                try:
-                    loop.call_soon_threadsafe(pieces.put_nowait, item)
-                except RuntimeError:  # loop closed: nobody is listening any more
-                    control.cancel()
-
-            def generate():
-                try:
-                    return engine.chat(loaded, messages, params, control,
-                                       enable_thinking=enable_thinking, on_text=push)
-                finally:
-                    push(_END)
-
-            # However the call ends (cancel, deadline, disconnect), generation stops.
-            context.add_done_callback(lambda _ctx: control.cancel())
-            handed_over = True
-            future = loop.run_in_executor(self.executor, self._work, ticket, control, generate)
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "unretrieved"
-            try:
-                while True:
-                    piece = await pieces.get()
-                    if piece is _END:
-                        break
-                    yield pb.ChatStreamResponse(token=piece)
-                done = await future
-            except BaseException:  # CancelledError, GeneratorExit, or the generation's error
-                control.cancel()
-                raise
-            yield pb.ChatStreamResponse(
-                finish_reason=done.finish_reason, usage=_usage(done.prompt_tokens, done.completion_tokens),
-            )
-        finally:
-            if not handed_over:
-                ticket.release()
+        async with stream_admitted(self.limiter, self._generate, source, control, engine.chat, messages, params,
+                                   enable_thinking=request.enable_thinking, progress="on_text", stop=None,
+                                   cancel=control.cancel, timeout=control.remaining(), context=context) as call:
+            async for piece in call:
+                yield pb.ChatStreamResponse(token=piece)
+            done = call.result()
+        yield pb.ChatStreamResponse(
+            finish_reason=done.finish_reason, usage=_usage(done.prompt_tokens, done.completion_tokens),
+        )
 
     async def Batch(self, request, context):
         prompts = list(request.prompts)
@@ -204,8 +148,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         )
         source = self.registry.resolve(_optional(request, "model_path"))
         control = self._control(context)
-        done = await self._admitted(control, source, lambda loaded: engine.batch(
-            loaded, prompts, params, control, batch_size=self.batch_size))
+        done = await run_admitted(self.limiter, self._generate, source, control, engine.batch, prompts, params,
+                                  batch_size=self.batch_size, stop=None, cancel=control.cancel,
+                                  timeout=control.remaining(), context=context)
         prompt_tokens = sum(c.prompt_tokens for c in done)
         completion_tokens = sum(c.completion_tokens for c in done)
         return pb.BatchResponse(
@@ -265,7 +210,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             self._auto_load_task.cancel()
         for control in list(self.runs.values()):
             control.cancel()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.limiter.shutdown()
 
 
 def register(runtime: ServiceRuntime, servicer: InferenceServicer | None = None) -> list[str]:
