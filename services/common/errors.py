@@ -57,10 +57,6 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
-class Unimplemented(ServiceError):
-    code = "UNIMPLEMENTED"
-
-
 class Unauthenticated(ServiceError):
     code = "UNAUTHENTICATED"
 

@@ -76,11 +76,3 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def tree_size(path: str | Path) -> int:
-    """Bytes of a file, or of every file below a folder."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

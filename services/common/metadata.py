@@ -6,7 +6,5 @@ from __future__ import annotations
 REQUEST_ID_KEY = "x-request-id"
 # gRPC: the API key, as `Bearer <key>`, and the HTTP header of the same name.
 AUTHORIZATION_KEY = "authorization"
-# gRPC trailer carrying the serialized google.rpc.Status (grpcio-status reads and writes it).
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # HTTP response header naming JSON keys the gateway ignored.
 IGNORED_FIELDS_HEADER = "X-Wintrain-Ignored-Fields"
