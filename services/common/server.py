@@ -20,12 +20,12 @@ from typing import Any, Awaitable, Callable
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from services.common.config import Config
 from services.common.auth import check_bind_allowed, grpc_auth_guard, load_api_keys, tls_server_files
 from services.common.errors import ServiceError, Unavailable
 from services.common.metadata import REQUEST_ID_KEY
+from services.common.reflection import enable_reflection
 from services.common.proto_defaults import DefaultLimits, apply_request_defaults
 from services.common.rpc_status import rich_status, to_grpc_status  # noqa: F401 - rich_status re-exported
 from services.common.metrics import RPC_STREAMS_OPEN, rpc_observer, start_metrics_server
@@ -281,10 +281,7 @@ def create_server(
     runtime = ServiceRuntime(name=name, config=config, server=server, health=health_servicer,
                              interceptor=interceptor)
     runtime.service_names = list(register(runtime))
-    reflection.enable_server_reflection(
-        [*runtime.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
-    )
+    enable_reflection([*runtime.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
     bind_port = config.get(f"services.{name}.port") if port is None else port
     tls = tls_server_files(config)
     if tls is not None:

@@ -58,6 +58,33 @@ def test_reflection_lists_the_service(probe):
     assert "grpc.health.v1.Health" in names
 
 
+def _v1_reflection(channel, *requests):
+    """A grpc.reflection.v1 client (what newer grpcurl and Postman ask first)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.Default()
+    request_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest"))
+    response_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse"))
+    call = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                 request_serializer=request_cls.SerializeToString,
+                                 response_deserializer=response_cls.FromString)
+    responses = list(call(iter([request_cls(**r) for r in requests]), timeout=5))
+    return responses, descriptor_pb2.FileDescriptorProto
+
+
+def test_reflection_v1_lists_and_describes(probe):
+    responses, file_proto = _v1_reflection(probe.channel(), {"list_services": ""},
+                                           {"file_containing_symbol": "wintrain.data.v1.DataService"},
+                                           {"file_containing_symbol": "grpc.reflection.v1.ServerReflection"})
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {"wintrain.data.v1.DataService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    for response, package in ((responses[1], "wintrain.data.v1"), (responses[2], "grpc.reflection.v1")):
+        assert not response.HasField("error_response"), response.error_response
+        files = [file_proto.FromString(b) for b in response.file_descriptor_response.file_descriptor_proto]
+        assert package in {f.package for f in files}
+
+
 def test_unknown_method_is_unimplemented(probe):
     call = probe.channel().unary_unary("/wintrain.data.v1.DataService/NoSuchMethod",
                                        request_serializer=lambda b: b, response_deserializer=lambda b: b)
