@@ -6,8 +6,9 @@ input, normalises each row and appends its serialised form to an anonymous spool
 the outputs, removed by the OS even after a crash), keeping only an offset and a hash per row
 (about 33 bytes a row). Duplicates are found bucket by bucket from the hashes; the split is a
 permutation of row numbers; the second pass copies each row from the spool into its output
-file. Outputs are written to temporary names and renamed together at the end, so a failure or
-a cancellation leaves no partial file. A large JSONL input can have its first pass split over
+file. Outputs are written into a staging folder beside `output_dir`, which is then exchanged
+with it in one step, so a failure, a cancellation or a kill leaves the old set or the new one,
+never a mix and never a partial file. A large JSONL input can have its first pass split over
 worker processes by byte range (see validation.plan_ranges); the result is the same.
 
 Plain Python, no grpc.
@@ -15,18 +16,21 @@ Plain Python, no grpc.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import math
 import os
 import pickle
 import random
+import shutil
+import stat
 import sys
 import tempfile
 import time
 from array import array
 from bisect import bisect_right
 from collections import Counter
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,7 +38,8 @@ from unicodedata import normalize
 
 from services.common.dataset.dedupe import content_hash, find_duplicates
 from services.common.errors import AlreadyExists, Cancelled, InvalidArgument, PermissionDenied
-from services.common.fsutil import atomic_write_text, atomic_writer
+from services.common.fsutil import atomic_write_text
+from services.common.proc import die_with_parent
 from services.common.dataset.formats import (
     FORMATS,
     detect_row_format,
@@ -142,19 +147,6 @@ class ProcessReport:
     detected_format: str
     repairs: dict[str, int] = field(default_factory=dict)  # rows repaired, by repair
     mode: str = "split"  # "split" or "single"
-
-
-def _default_file_mode() -> int:
-    """0o666 less the process umask (what open() gives a new file), read without changing
-    the umask, which other threads may depend on."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o644
 
 
 def _read_manifest(output_dir: Path) -> set[str]:
@@ -330,6 +322,7 @@ def _worker_main() -> None:
     """Entry point of a processing worker: pass 1 over one byte range into an inherited
     spool file descriptor; the result is pickled."""
     payload = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+    die_with_parent(parent_pid=payload["parent_pid"])  # first thing: no orphan after a kill -9
     reader = RowReader(Path(payload["path"]), max_row_bytes=payload["max_row_bytes"])
     with os.fdopen(payload["spool_fd"], "wb", closefd=False) as spool:
         res = _pass1(reader, payload["start"], payload["end"], payload["fmt_choice"], spool,
@@ -508,23 +501,23 @@ def _process(input_path: Path, output_dir: Path, fmt_choice: str, split: SplitSp
             n_train = n_val = n_test = 0
             outputs = [(targets[0], 0, len(kept))]
 
-        file_mode = _default_file_mode()
         files: list[OutputFile] = []
-        with ExitStack() as stack:
-            # Every output is complete before any is renamed into place.
+        staging = _staging_dir(output_dir)
+        try:
             for name, lo, hi in outputs:
-                handle = stack.enter_context(atomic_writer(output_dir / name, "wb"))
-                os.fchmod(handle.fileno(), file_mode)  # as open() would have made it
-                write = handle.write
-                for block in range(lo, hi, _CHECK_CANCEL_EVERY):
-                    if should_stop is not None and should_stop():
-                        raise Cancelled("processing cancelled")
-                    write(b"".join([read(kept[k])
-                                    for k in range(block, min(block + _CHECK_CANCEL_EVERY, hi))]))
-                handle.flush()
-                files.append(OutputFile(output_dir / name, hi - lo, handle.tell()))
-            # Claimed before the renames: a crash in between leaves no foreign-looking file.
-            _write_manifest(output_dir, targets, input_path)
+                with open(staging / name, "xb") as handle:  # mode as open() makes it
+                    write = handle.write
+                    for block in range(lo, hi, _CHECK_CANCEL_EVERY):
+                        if should_stop is not None and should_stop():
+                            raise Cancelled("processing cancelled")
+                        write(b"".join([read(kept[k]) for k in
+                                        range(block, min(block + _CHECK_CANCEL_EVERY, hi))]))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    files.append(OutputFile(output_dir / name, hi - lo, handle.tell()))
+            _swap_in(staging, output_dir, targets, input_path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
         for spool in spools:
             spool.close()
@@ -545,15 +538,106 @@ def _process(input_path: Path, output_dir: Path, fmt_choice: str, split: SplitSp
     )
 
 
+_STAGING = ".wintrain-new-"
+
+
+def _staging_dir(output_dir: Path) -> Path:
+    """A new, empty sibling of `output_dir` (same file system) named after its owner, after
+    removing the ones a killed run left (their pid is dead)."""
+    parent, stem = output_dir.parent, f".{output_dir.name}{_STAGING}"
+    try:
+        for entry in os.listdir(parent):
+            if entry.startswith(stem):
+                pid = entry[len(stem):].split("-", 1)[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    shutil.rmtree(parent / entry, ignore_errors=True)
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix=f"{stem}{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system
+    or file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(staging: Path, output_dir: Path, targets: tuple[str, ...], input_path: Path) -> None:
+    """Make the complete set in `staging` the content of `output_dir` in one step, so a reader
+    (or a crash) sees the old set or the new one, never a mix: the folder's other files are
+    hard-linked into `staging`, the manifest is written there, and the two folders are
+    exchanged. Where that cannot be done (a subfolder in `output_dir`, no renameat2) the files
+    are renamed one by one, manifest first."""
+    others = [e for e in os.scandir(output_dir) if e.name not in targets and e.name != MANIFEST_NAME
+              and not e.name.startswith(".wintrain-spool-")]
+    atomic = all(e.is_file(follow_symlinks=False) or e.is_symlink() for e in others)
+    if atomic:
+        try:
+            for e in others:
+                os.link(e.path, staging / e.name, follow_symlinks=False)
+        except OSError:
+            atomic = False
+    _write_manifest(staging if atomic else output_dir, targets, input_path, existing=output_dir)
+    if atomic:
+        os.chmod(staging, stat.S_IMODE(os.stat(output_dir).st_mode))
+        if _exchange(staging, output_dir):
+            _fsync_dir(output_dir.parent)
+            return  # `staging` now holds the old set; the caller removes it
+    for name in targets:
+        os.replace(staging / name, output_dir / name)
+    _fsync_dir(output_dir)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _mixed(label: str, fmt: str, line: int, other: str, other_line: int) -> None:
     desc = (f"mixes dataset formats: {label} {line} is {fmt}, {label} {other_line} is {other}; "
             f"use one format per file, or set format_type to keep only the rows of one format")
     raise InvalidArgument.for_field("input_file", desc)
 
 
-def _write_manifest(output_dir: Path, written: tuple[str, ...], input_path: Path) -> None:
-    """Record the files this module owns in `output_dir`, so a later run may replace them."""
-    ours = {name for name in _read_manifest(output_dir) if (output_dir / name).exists()}
+def _write_manifest(output_dir: Path, written: tuple[str, ...], input_path: Path,
+                    existing: Path | None = None) -> None:
+    """Record the files this module owns in `output_dir`, so a later run may replace them
+    (`existing`: the folder whose earlier manifest to extend, when not `output_dir`)."""
+    existing = existing or output_dir
+    ours = {name for name in _read_manifest(existing) if (existing / name).exists()}
     ours.update(written)
     manifest = {
         "written_by": "wintrain.data.ProcessDataset",

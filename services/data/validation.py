@@ -828,44 +828,23 @@ def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: 
             if type(obj) is RowError:
                 record(number, [(obj.field, obj.code, obj.detail)])
                 continue
-            # The common case in one tight loop (the same rules as explain_row, which says
-            # what is wrong when this finds anything): chars >= 0 means valid.
-            chars = -1
-            try:
-                conv = obj["conversations"]
-                if type(conv) is list and conv:
-                    expect = "user"
-                    chars = 0
-                    system = conv[0]["role"] == "system"
-                    for msg in conv:
-                        role = msg["role"]
-                        content = msg["content"]
-                        if not content or content.isspace():  # AttributeError: not a str
-                            chars = -1
-                            break
-                        if role != expect:
-                            if not (system and msg is conv[0]):
-                                chars = -1
-                                break
-                        else:
-                            expect = "assistant" if expect == "user" else "user"
-                        chars += len(content)
-                    if expect != "user" or (system and len(conv) == 1):
-                        chars = -1  # the last message is not an assistant reply
-            except (KeyError, TypeError, AttributeError):
-                chars = -1
-            if chars >= 0 and "\\" in text and ("\\ud" in text or "\\uD" in text):
-                chars = -1  # maybe an unpaired surrogate escape: let explain_row look closely
-            if chars < 0:
+            # The common case: the normalised row ProcessDataset would write (its fast path
+            # accepts exactly the valid conversations rows; explain_row says what is wrong with
+            # any other). It is also the row's duplicate key.
+            key = row_key(raw, text, obj)
+            if key is None:
                 fmt = detect_row_format(obj)
                 problems = explain_row(obj)
                 if problems:
                     formats[fmt] = formats.get(fmt, 0) + 1
                     record(number, problems)
                     continue
-                conv = obj["conversations"]
-                system = conv[0]["role"] == "system"
-                chars = sum(len(m["content"]) for m in conv)
+                key = raw  # pragma: no cover - the two agree (tests hold it)
+            conv = obj["conversations"]
+            system = conv[0]["role"] == "system"
+            chars = 0
+            for m in conv:
+                chars += len(m["content"])
             valid += 1
             n = len(conv)
             if n < 64:
@@ -877,8 +856,7 @@ def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: 
                 systems += 1
                 n -= 1
             pair_messages += n
-            key = row_key(raw, text, obj)
-            h = content_hash(key if key is not None else raw)  # None: not reached for valid rows
+            h = content_hash(key)
             b = buckets[h & mask]
             b.append(h)
             b.append(number)
@@ -983,8 +961,8 @@ def run_workers(module: str, payloads: list[dict], workdir: str,
                 should_stop: Callable[[], bool] | None, pass_fds: tuple[int, ...] = ()) -> list:
     """Run `python -m <module> --worker <payload as JSON>` once per payload, all at once, and
     return their results in payload order; each worker pickles its result to
-    `payload["result"]` in `workdir`. Workers get a parent-death signal, so a killed service
-    leaves none behind. Raises Cancelled (workers killed) when `should_stop()` turns true,
+    `payload["result"]` in `workdir`. Each worker asks for a parent-death signal first thing
+    (not in a preexec_fn, unsafe in a threaded server), so a killed service leaves none behind. Raises Cancelled (workers killed) when `should_stop()` turns true,
     RuntimeError when a worker fails."""
     repo = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
@@ -992,13 +970,13 @@ def run_workers(module: str, payloads: list[dict], workdir: str,
     procs = []
     try:
         for k, payload in enumerate(payloads):
-            payload = dict(payload, result=os.path.join(workdir, f"result-{k}.pickle"))
+            payload = dict(payload, result=os.path.join(workdir, f"result-{k}.pickle"),
+                           parent_pid=os.getpid())
             payloads[k] = payload
             err = open(os.path.join(workdir, f"stderr-{k}.txt"), "wb")
             proc = subprocess.Popen([sys.executable, "-m", module, "--worker", json.dumps(payload)],
                                     cwd=repo, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err, pass_fds=pass_fds,
-                                    preexec_fn=die_with_parent)
+                                    stdout=subprocess.DEVNULL, stderr=err, pass_fds=pass_fds)
             err.close()
             procs.append(proc)
         while any(p.poll() is None for p in procs):
@@ -1025,6 +1003,7 @@ def run_workers(module: str, payloads: list[dict], workdir: str,
 def _worker_main() -> None:
     """Entry point of a validation worker: one byte range, partial result pickled."""
     payload = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+    die_with_parent(parent_pid=payload["parent_pid"])  # first thing: no orphan after a kill -9
     reader = RowReader(Path(payload["path"]), max_row_bytes=payload["max_row_bytes"])
     dups = DuplicateCounter(spill_dir=payload["spill_dir"], name=payload["name"])
     part = _validate_range(reader, payload["start"], payload["end"], payload["max_errors"],
