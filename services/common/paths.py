@@ -100,3 +100,11 @@ def display_path(path: Path, config: Config) -> str:
         return str(path.relative_to(config.workspace))
     except ValueError:
         return str(path)
+
+
+def client_form(path: Path, raw: str, config: Config) -> str:
+    """A server path echoed in the form the client sent `raw` in: absolute when `raw` was
+    absolute (scripts do `os.path.getsize(result["export_path"])`), else as `display_path`."""
+    if Path(os.path.expanduser(str(raw).strip())).is_absolute():
+        return str(path)
+    return display_path(path, config)

@@ -14,7 +14,7 @@ import logging
 from services.common.config import Config, ConfigError
 from services.common.admission import limiter_from_config
 from services.common.blocking import run_admitted
-from services.common.paths import display_path, resolve_allowed_path
+from services.common.paths import client_form, resolve_allowed_path
 from services.common.server import ServiceRuntime, service_full_name
 from services.export.exporter import (
     ExportResult,
@@ -65,23 +65,28 @@ class ExportServicer(export_pb2_grpc.ExportServiceServicer):
     async def ExportOnnx(self, request, context):
         spec = self.spec_from_request(request)
         return self.to_proto(await run_admitted(self.limiter, run_export, spec, self.config, stop="cancel",
-                                                context=context))
+                                                context=context), request.output_path)
 
-    def to_proto(self, result: ExportResult) -> export_pb2.ExportOnnxResponse:
+    def to_proto(self, result: ExportResult, output_path: str = "") -> export_pb2.ExportOnnxResponse:
+        """The response; its paths in the form the client sent `output_path` in (absolute or
+        relative to the workspace)."""
         cfg = self.config
+
+        def shown(p) -> str:
+            return client_form(p, output_path, cfg)
         resp = export_pb2.ExportOnnxResponse(
             success=True,
             message=result.message,
-            export_path=display_path(result.export_path, cfg),
+            export_path=shown(result.export_path),
             file_size=result.total_size,
             export_format=result.export_format,
             opset_version=result.opset,
             parity=_parity_proto(result.parity),
-            files=[export_pb2.ExportedFile(path=display_path(p, cfg), size_bytes=size) for p, size in result.files],
+            files=[export_pb2.ExportedFile(path=shown(p), size_bytes=size) for p, size in result.files],
             export_time=result.export_time,
         )
         if result.quantized_path is not None and result.quantized_parity is not None:
-            resp.quantized_path = display_path(result.quantized_path, cfg)
+            resp.quantized_path = shown(result.quantized_path)
             resp.quantized_parity.CopyFrom(_parity_proto(result.quantized_parity))
             resp.quantized_size = result.quantized_size
         return resp
