@@ -12,6 +12,16 @@ after the proof passed. A `.onnx` file target is built in a temporary folder bes
 files are then renamed into the target folder, the files they replace being kept aside until
 every rename succeeded. Either way a failed export leaves nothing behind and never damages an
 existing export.
+
+Layout of a `.onnx` file target (`exports/x.onnx`): the model file stays exactly at
+output_path, with its external data (`x.onnx_data`, when written) and int8 model
+(`x_int8.onnx`) beside it, and its companions (config.json, generation_config.json, tokenizer
+files) loose in the same folder, where ONNX Runtime loaders (optimum's
+`ORTModelForCausalLM.from_pretrained(folder, file_name="x.onnx")`) look for them. Several
+exports may share one folder only while their companions are identical (e.g. the same model
+at different opsets); an export whose companions differ from those of another model in the
+folder is refused with ALREADY_EXISTS naming output_path, even with `overwrite` (which only
+ever replaces output_path's own export). Give each different model its own folder.
 """
 
 from __future__ import annotations
@@ -346,6 +356,13 @@ def _previous_export_names(target: Path) -> list[str]:
     return names
 
 
+def _other_models(folder: Path, target: Path) -> list[str]:
+    """The `.onnx` models in `folder` that are not `target` or its int8 model: other exports
+    sharing the folder's companion files."""
+    mine = {target.name, quantized_name(target.name)}
+    return sorted(p.name for p in folder.glob("*.onnx") if p.name not in mine and not p.name.startswith("."))
+
+
 @contextlib.contextmanager
 def _stage_beside(spec: ExportSpec, config: Config) -> Iterator[Path]:
     folder = spec.target_dir
@@ -368,6 +385,15 @@ def _commit_files(tmp: Path, folder: Path, spec: ExportSpec, config: Config) -> 
     # only when identical: never silently change the files another model relies on.
     conflicts = [n for n in names if (folder / n).exists()
                  and not ((folder / n).is_file() and filecmp.cmp(tmp / n, folder / n, shallow=False))]
+    others = _other_models(folder, spec.output_path)
+    if conflicts and others:
+        # `overwrite` is about output_path's own files; another model's companions are never replaced.
+        raise AlreadyExists(
+            f"output_path: {display_path(spec.output_path, config)}: its folder also holds "
+            f"{', '.join(others)}, whose {', '.join(conflicts)} differ from this export's; export into "
+            "its own folder (a folder output_path, or a .onnx path in another folder)",
+            [("output_path", "folder holds another export with different companion files")],
+        )
     if conflicts and not spec.overwrite:
         raise AlreadyExists(
             f"output_path: {display_path(folder, config)} already holds different {', '.join(conflicts)}; "
