@@ -3,6 +3,8 @@
 The conversation is kept and sent whole with every turn. Ctrl-C while an answer streams
 cancels that gRPC call (the server stops generating) and drops the unfinished turn; Ctrl-C
 (or Ctrl-D, or `/exit`) at the prompt quits. `/reset` starts a new conversation.
+With `--json` each answer is the unary Chat RPC's, as gRPC gives it (`model`: the path that
+answered, `content`, `thinking_content`, `finish_reason`, `usage`), one JSON object per turn.
 """
 
 from __future__ import annotations
@@ -28,6 +30,28 @@ def _request(args, messages: list[dict]) -> inference_pb2.ChatRequest:
         if value is not None:
             setattr(request, name, value)
     return request
+
+
+def unary_answer(clients: Clients, args, messages: list[dict]) -> dict:
+    """One answer from the unary Chat RPC (what `--json` prints): the answer exactly as gRPC
+    Chat gives it, `model` (the path that answered) included. Ctrl-C cancels the call."""
+    future = clients.stub("inference").Chat.future(_request(args, messages), timeout=args.timeout,
+                                                   metadata=clients.metadata)
+    try:
+        response = future.result()
+    except KeyboardInterrupt:
+        future.cancel()
+        raise
+    except grpc.RpcError as exc:
+        raise clients.error("inference", exc) from None
+    answer = to_dict(response)
+    # The conversation's next turn carries the answer as the model wrote it.
+    return {"model": answer.pop("model"), "content": answer.pop("content"), **answer}
+
+
+def answer(clients: Clients, out: Output, args, messages: list[dict]) -> dict:
+    """`--json`: the unary answer (it names the model); otherwise tokens streamed to stdout."""
+    return unary_answer(clients, args, messages) if out.json else stream_answer(clients, out, args, messages)
 
 
 def stream_answer(clients: Clients, out: Output, args, messages: list[dict]) -> dict:
@@ -65,12 +89,12 @@ def cmd_chat(args, clients: Clients, out: Output) -> int:
     if args.message is not None:
         messages.append({"role": "user", "content": args.message})
         try:
-            result = stream_answer(clients, out, args, messages)
+            result = answer(clients, out, args, messages)
         except KeyboardInterrupt:
             out.note("\n[answer cancelled]")
             return EXIT_CANCELLED
         if out.json:
-            out.data({"model": args.model or "", **result})
+            out.data(result)
         else:
             sys.stdout.write("\n")
             out.note(f"[{result['finish_reason'] or 'done'}; "
@@ -111,7 +135,7 @@ def cmd_chat(args, clients: Clients, out: Output) -> int:
             sys.stdout.write("bot> " if interactive else "")
             sys.stdout.flush()
         try:
-            result = stream_answer(clients, out, args, messages)
+            result = answer(clients, out, args, messages)
         except KeyboardInterrupt:
             messages.pop()  # the unfinished turn is not part of the conversation
             if not out.json:
@@ -127,7 +151,7 @@ def cmd_chat(args, clients: Clients, out: Output) -> int:
             continue
         messages.append({"role": "assistant", "content": result["content"]})
         if out.json:
-            out.data({"model": args.model or "", **result}, compact=True)
+            out.data(result, compact=True)
         else:
             sys.stdout.write("\n")
             sys.stdout.flush()

@@ -20,6 +20,7 @@ from cli import train as train_cmd
 from cli.client import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, Clients
 from cli.client import __doc__ as EXIT_CODES_DOC
 from cli.output import Output, fmt_bytes, fmt_num
+from cli.paths import to_workspace
 from services.common.config import SERVICE_NAMES, ConfigError, load_config
 from services.common.auth import gateway_url, https_verify
 from wintrain.data.v1 import data_pb2
@@ -27,25 +28,20 @@ from wintrain.eval.v1 import eval_pb2
 from wintrain.export.v1 import export_pb2
 
 LONG_DEADLINE = 3600.0
+# Arguments that name an existing input (dataset, model, adapter, checkpoint): see cli.paths.
+INPUT_PATH_ARGS = ("file", "data", "eval_data", "model", "adapter", "checkpoint")
 
 
 # -- services and gateway health -----------------------------------------------------------------
 
 def cmd_status(args, clients: Clients, out: Output) -> int:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from services.common.healthcheck import UNREACHABLE_CODES, probe
 
     report: dict[str, dict] = {}
     for name in SERVICE_NAMES:
-        address = clients.address(name)
-        try:
-            resp = health_pb2_grpc.HealthStub(clients.channel(name)).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=args.timeout or 3)
-            state = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            state = "UNREACHABLE" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
-                else (code.name if code else "UNKNOWN")
-        report[name] = {"address": address, "status": state}
+        state = probe(clients.channel(name), timeout=args.timeout or 3)
+        report[name] = {"address": clients.address(name),
+                        "status": "UNREACHABLE" if state in UNREACHABLE_CODES else state}
     url = gateway_url(clients.config)
     gateway = {"address": url, "status": "UNREACHABLE"}
     try:
@@ -298,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wintrain", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Win-Train: fine-tune chat models (gRPC services + HTTP gateway).",
-        epilog="Exit codes:\n" + EXIT_CODES_DOC.split("(also in `wintrain --help`):")[-1])
+        epilog="Paths: relative to the workspace (storage.workspace, ./var), e.g. datasets/x.jsonl; an input\n"
+               "that exists from the current folder inside the workspace (var/datasets/x.jsonl) works too.\n\n"
+               "Exit codes:\n" + EXIT_CODES_DOC.split("(also in `wintrain --help`):")[-1])
     # The same options as `common`, with real defaults (own actions: set_defaults on shared
     # parent actions would change the subcommands' defaults too).
     parser.add_argument("--json", action="store_true", default=False, help="machine-readable output")
@@ -326,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="check and prepare datasets").add_subparsers(
         dest="data_command", metavar="ACTION", required=True)
     p = add(data, "validate", cmd_data_validate, "check every row of a dataset; report the first problems")
-    p.add_argument("file", help="dataset file (relative paths are relative to the workspace)")
+    p.add_argument("file", help="dataset file: relative to the workspace, or an existing path from here "
+                                "inside it (var/datasets/x.jsonl)")
     p = add(data, "process", cmd_data_process, "normalise, de-duplicate and split a dataset")
     p.add_argument("file")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -404,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _fail(out, CliError(str(exc), EXIT_USAGE, "CONFIG"))
+    for name in INPUT_PATH_ARGS:
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, to_workspace(getattr(args, name), config))
     clients = Clients(config, args.timeout)
     try:
         return args.handler(args, clients, out)

@@ -10,8 +10,9 @@ import grpc
 import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from cli.client import (EXIT_CANCELLED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError,
                         Clients)
@@ -252,8 +253,22 @@ def cmd_resume(args, clients: Clients, out: Output) -> int:
 
 # -- watching ----------------------------------------------------------------------------------
 
+class _StepColumn(ProgressColumn):
+    """`step 3/16`; `starting` while the task's total is not known yet (never `0/1`)."""
+
+    def render(self, task) -> Text:
+        if task.total is None:
+            return Text("starting", style="dim")
+        return Text(f"step {task.completed:.0f}/{task.total:.0f}")
+
+
 class _Display:
-    """A live rich progress bar on a terminal; one plain line per event elsewhere (logs, CI)."""
+    """A live rich progress bar on a terminal; one plain line per event elsewhere (logs, CI).
+
+    The bar line holds what changes every step (status, bar, step, loss, lr, tok/s, ETA, eval
+    loss) and fits 120 columns; messages (queued, checkpoint saved, failed because …) are
+    printed above it as lines of their own. A status event carries no numbers, so the last
+    known ones stay on show. On Ctrl-C the bar is stopped before anything else is printed."""
 
     def __init__(self, out: Output, task_id: str):
         self.out = out
@@ -262,52 +277,66 @@ class _Display:
         self.progress: Progress | None = None
         self.bar = None
         self.last_line = ""
+        self.last_message = ""
+        self.known: dict[str, Any] = {}
 
     def __enter__(self) -> "_Display":
         if self.live:
             self.progress = Progress(
                 TextColumn("[bold]{task.fields[status]:<9}"),
-                BarColumn(bar_width=30),
-                TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("lr {task.fields[lr]}"),
-                TextColumn("{task.fields[tps]} tok/s"),
-                TextColumn("ETA {task.fields[eta]}"),
-                TextColumn("{task.fields[extra]}"),
+                BarColumn(bar_width=24),
+                _StepColumn(),
+                TextColumn("{task.fields[numbers]}"),
                 console=self.out.console, transient=False, refresh_per_second=8,
             )
-            self.progress.__enter__()
-            self.bar = self.progress.add_task(self.task_id, total=1, status="…", loss="-", lr="-", tps="-",
-                                              eta="-", extra="")
+            self.progress.start()
+            self.bar = self.progress.add_task(self.task_id, total=None, status="waiting", numbers="")
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
+        """Stop redrawing (idempotent); the last drawn line stays."""
         if self.progress is not None:
-            self.progress.__exit__(*exc)
+            self.progress.stop()
+            self.progress = None
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _remember(self, event) -> dict[str, Any]:
+        known = self.known
+        for name in ("current_step", "total_steps", "loss", "learning_rate", "tokens_per_second"):
+            value = getattr(event, name)
+            if value:
+                known[name] = value
+        known["eta_seconds"] = 0 if event.status in TERMINAL else (event.eta_seconds or known.get("eta_seconds", 0))
+        if "eval_loss" in event.metrics:
+            known["eval_loss"] = event.metrics["eval_loss"]
+        return known
 
     def update(self, event) -> None:
         if self.out.json:
             self.out.data(event, compact=True)
             return
         word = status_word(event.status)
-        eval_loss = event.metrics.get("eval_loss")
-        extra = f"eval_loss {fmt_num(eval_loss)}" if eval_loss is not None else ""
-        if event.message and event.kind in (train_pb2.EVENT_KIND_STATUS, train_pb2.EVENT_KIND_CHECKPOINT):
-            extra = (extra + "  " + event.message).strip()
-        fields = {
-            "status": word,
-            "loss": fmt_num(event.loss) if event.loss else "-",
-            "lr": fmt_num(event.learning_rate, 3) if event.learning_rate else "-",
-            "tps": f"{event.tokens_per_second:.0f}" if event.tokens_per_second else "-",
-            "eta": fmt_duration(event.eta_seconds),
-            "extra": extra,
-        }
+        known = self._remember(event)
+        loss = fmt_num(known["loss"]) if known.get("loss") else "-"
+        lr = fmt_num(known["learning_rate"], 3) if known.get("learning_rate") else "-"
+        tps = f"{known['tokens_per_second']:.0f}" if known.get("tokens_per_second") else "-"
+        eta = fmt_duration(known.get("eta_seconds", 0))
+        numbers = f"loss {loss}  lr {lr}  {tps} tok/s  ETA {eta}"
+        if "eval_loss" in known:
+            numbers += f"  eval_loss {fmt_num(known['eval_loss'])}"
+        message = event.message if event.message != self.last_message else ""
+        self.last_message = event.message or self.last_message
         if self.progress is not None:
-            total = max(event.total_steps, 1)
-            self.progress.update(self.bar, total=total, completed=min(event.current_step, total), **fields)
+            total = known.get("total_steps")
+            self.progress.update(self.bar, total=total or None, completed=min(known.get("current_step", 0), total or 0),
+                                 status=word, numbers=numbers)
+            if message:
+                self.progress.console.print(f"{word}: {message}", markup=False, highlight=False)
             return
-        line = (f"{word:<9} step {event.current_step}/{event.total_steps}  loss {fields['loss']}  "
-                f"lr {fields['lr']}  {fields['tps']} tok/s  ETA {fields['eta']}  {extra}").rstrip()
+        step = f"step {known.get('current_step', 0)}/{known['total_steps']}" if known.get("total_steps") else "starting"
+        line = f"{word:<9} {step}  {numbers}  {message}".rstrip()
         if line != self.last_line:
             self.out.console.print(line, markup=False)
             self.last_line = line
@@ -332,6 +361,7 @@ def watch(clients: Clients, out: Output, task_id: str) -> int:
                 break
             except KeyboardInterrupt:
                 call.cancel()
+                display.stop()  # before the message: no progress line redrawn under it
                 out.note(f"stopped watching; task {task_id} goes on "
                          f"(`wintrain train watch {task_id}` to follow it again)")
                 return EXIT_CANCELLED

@@ -151,13 +151,16 @@ def test_cancel_then_watch_exits_130_and_resume_requeues(stack, wintrain):
     assert wintrain("train", "watch", task_id).code == EXIT_CANCELLED
 
 
-def test_chat_one_message(wintrain):
+def test_chat_one_message(stack, wintrain):
     run = wintrain("chat", "--model", "models/tiny-chat", "--message", "你好", "--max-tokens", "8", "--seed", "1",
                    "--json")
     assert run.code == EXIT_OK, run.err
     body = run.json()
     assert body["content"] and body["finish_reason"] in ("stop", "length")
     assert body["usage"]["completion_tokens"] <= 8
+    assert body["model"] == str(stack.model), "the path that answered, as gRPC Chat says"
+    default = wintrain("chat", "--message", "hi", "--max-tokens", "2", "--json").json()
+    assert default["model"] == str(stack.model)
     human = wintrain("chat", "--message", "hello", "--max-tokens", "4")
     assert human.code == EXIT_OK and human.out.strip()
     bad = wintrain("chat", "--model", "models/missing", "--message", "hi")
