@@ -38,8 +38,7 @@ def _optional(request, name: str):
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> pb.Usage:
-    """Usage of a finished generation (counted once, into wintrain_tokens_generated_total)."""
-    TOKENS_GENERATED.inc(completion_tokens)
+    """Usage of a finished generation (its tokens were counted by `_generate`)."""
     return pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                     total_tokens=prompt_tokens + completion_tokens)
 
@@ -100,9 +99,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     def _generate(self, source, control: engine.RunControl, fn: Callable[..., Any], *args, **kwargs):
         """Runs in an admitted worker thread: load the model (once, however many ask), then
-        `fn(loaded, *args, control, **kwargs)`."""
+        `fn(loaded, *args, control, **kwargs)`; its tokens go into wintrain_tokens_generated_total."""
         try:
-            return fn(self.registry.get(source), *args, control, **kwargs)
+            done = fn(self.registry.get(source), *args, control, **kwargs)
+        except BaseException:
+            # Cancelled, past its deadline or failed: the tokens it did generate still count.
+            TOKENS_GENERATED.inc(control.generated)
+            raise
+        else:
+            # Counted here, once, whether or not the client is still there for the result.
+            TOKENS_GENERATED.inc(sum(c.completion_tokens for c in done) if isinstance(done, list)
+                                 else done.completion_tokens)
+            return done
         finally:
             control.mark_finished()
 
