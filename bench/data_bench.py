@@ -319,7 +319,7 @@ def main() -> None:
     print(f"file: {data} ({size_mb:,.0f} MB, {args.rows:,} rows; deliberate problems: "
           f"{', '.join(f'{k} {v}' for k, v in bad.items())})", flush=True)
 
-    from services.data.validation import PARALLEL_MIN_BYTES, default_workers
+    from services.common.dataset.parallel import PARALLEL_MIN_BYTES, default_workers
 
     workers = default_workers() if args.workers is None else args.workers
     n_workers = workers if data.stat().st_size >= PARALLEL_MIN_BYTES else 1

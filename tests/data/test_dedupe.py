@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from services.common.dataset import dedupe
+from services.common.dataset import parallel as dataset_parallel
 from services.data import processing, validation
 from services.data.processing import SplitSpec, process_file
 from services.data.validation import validate_file
@@ -77,7 +78,7 @@ def test_a_hash_collision_keeps_distinct_rows_across_workers(tmp_path, monkeypat
     monkeypatch.setenv("PYTHONPATH", str(site))
     monkeypatch.setattr(dedupe, "content_hash", lambda data: 7)
     monkeypatch.setattr(processing, "content_hash", lambda data: 7)
-    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 4_000)
+    monkeypatch.setattr(dataset_parallel, "PARALLEL_MIN_BYTES", 4_000)
     rows = [{"conversations": [{"role": "user", "content": f"q{i}"},
                                {"role": "assistant", "content": f"a{i}"}]} for i in range(150)]
     rows += rows[:20]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import AlreadyExists, Cancelled, InvalidArgument, NotFound
+from services.common.dataset import parallel as dataset_parallel
 from services.data import processing
 from services.data.processing import MANIFEST_NAME, SplitSpec, process_file
 from services.data.validation import validate_file
@@ -405,7 +406,7 @@ def test_parallel_workers_write_the_same_files(tmp_path, monkeypatch):
     rows.insert(2000, conv(("Human", " 你好 "), ("GPT", "好")))
     src = write_jsonl(tmp_path / "in.jsonl", rows, newline="\r\n")
     single = process_file(src, tmp_path / "one", split=SplitSpec(seed=3), workers=1)
-    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 30_000)
+    monkeypatch.setattr(dataset_parallel, "PARALLEL_MIN_BYTES", 30_000)
     assert len(validation.plan_ranges(src, src.stat().st_size, 3)) == 3
     parallel = process_file(src, tmp_path / "three", split=SplitSpec(seed=3), workers=3)
     for name in processing.SPLIT_FILES:
@@ -422,7 +423,7 @@ def test_parallel_mixed_formats_name_global_lines(tmp_path, monkeypatch):
 
     rows = numbered(2000) + [{"instruction": "i", "output": "o"}]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 20_000)
+    monkeypatch.setattr(dataset_parallel, "PARALLEL_MIN_BYTES", 20_000)
     with pytest.raises(InvalidArgument, match="line 1 is conversations, line 2001 is alpaca"):
         process_file(src, tmp_path / "out", workers=3)
     assert not (tmp_path / "out").exists()

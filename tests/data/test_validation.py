@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import Cancelled, InvalidArgument, NotFound
-from services.common.dataset import dedupe
+from services.common.dataset import dedupe, reader
+from services.common.dataset import parallel as dataset_parallel
 from services.data import validation
 from services.data.validation import (
     DuplicateCounter,
@@ -295,7 +296,7 @@ def test_json_array_with_tricky_strings_in_tiny_chunks(tmp_path, monkeypatch):
     path = tmp_path / "d.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, ensure_ascii=False).encode())
     for chunk in (1, 2, 3, 7, 64):
-        monkeypatch.setattr(validation, "_READ_CHUNK", chunk)
+        monkeypatch.setattr(reader, "_READ_CHUNK", chunk)
         report = validate_file(path)
         assert report.is_valid and report.total_samples == 4, chunk
         assert report.stats.chars.max == max(
@@ -334,7 +335,7 @@ def test_json_array_truncated_and_trailing_data(tmp_path):
 
 
 def test_json_array_element_over_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(validation, "_READ_CHUNK", 100)
+    monkeypatch.setattr(reader, "_READ_CHUNK", 100)
     big = row(("user", "x" * 3000), ("assistant", "y"))
     path = tmp_path / "d.json"
     path.write_text(json.dumps([GOOD, big, GOOD]), encoding="utf-8")
@@ -531,7 +532,7 @@ def test_parallel_workers_give_the_same_report(tmp_path, monkeypatch):
     with open(path, "ab") as f:
         f.write(b'{"conversations": [{"role": "user", "content": "\xff"}]}\r\n')
     single = validate_file(path, workers=1, max_errors=10_000)
-    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 20_000)
+    monkeypatch.setattr(dataset_parallel, "PARALLEL_MIN_BYTES", 20_000)
     assert len(validation.plan_ranges(path, path.stat().st_size, 3)) == 3
     parallel = validate_file(path, workers=3, max_errors=10_000)
     assert parallel == single
@@ -541,7 +542,7 @@ def test_parallel_workers_give_the_same_report(tmp_path, monkeypatch):
 
 
 def test_plan_ranges_align_to_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 10)
+    monkeypatch.setattr(dataset_parallel, "PARALLEL_MIN_BYTES", 10)
     path = tmp_path / "d.jsonl"
     path.write_bytes(b"a" * 50 + b"\n" + b"b" * 5 + b"\n" + b"c" * 30 + b"\n")
     ranges = validation.plan_ranges(path, path.stat().st_size, 4)
