@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 from typing import AsyncIterator
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -33,6 +31,7 @@ from gateway.openapi import build_openapi, swagger_ui_dir, swagger_ui_html
 from gateway.routes import RouteSpec, discover_routes
 from gateway.transcoder import Backends, Transcoder, error_response, json_response
 from services.common.config import SERVICE_NAMES, Config, ConfigError
+from services.common.healthcheck import probe_async
 from services.common.metadata import REQUEST_ID_KEY
 
 log = logging.getLogger("wintrain.gateway")
@@ -95,13 +94,7 @@ class Gateway:
                              200 if healthy else 503)
 
     async def _check(self, name: str) -> str:
-        stub = health_pb2_grpc.HealthStub(self.backends.channel(name))
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=self.health_timeout)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            return code.name if code is not None else "UNKNOWN"
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return await probe_async(self.backends.channel(name), timeout=self.health_timeout)
 
     async def root(self, request: Request) -> Response:
         return json_response({"message": "Win-Train API", "version": __version__, "docs": "/docs", "status": "running"})

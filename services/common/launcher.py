@@ -22,17 +22,11 @@ from services.common.config import REPO_ROOT, SERVICE_NAMES, Config, ConfigError
 from services.common.proc import die_with_parent
 
 def _grpc_serving(config: Config, address: str) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     from services.common.auth import open_channel
+    from services.common.healthcheck import SERVING, probe
 
-    try:
-        with open_channel(config, address) as ch:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.RpcError:
-        return False
+    with open_channel(config, address) as ch:
+        return probe(ch, timeout=1) == SERVING
 
 
 def _http_up(url: str, root: Path | None = None) -> bool:
