@@ -34,6 +34,23 @@ def _check_lengths(path: Path, field: str) -> None:
                 field, f"a path component is too long ({len(os.fsencode(part))} bytes; at most {_NAME_MAX_BYTES})")
 
 
+def _not_found_hint(raw: str, config: Config) -> str:
+    """For a relative path: the folder it was resolved against and, when the same text names
+    an existing path from the config file's folder (config.yaml's own paths are relative to
+    it, e.g. `var/models/tiny-chat`), the workspace-relative form that finds it."""
+    text = os.path.expanduser(str(raw).strip())
+    if os.path.isabs(text):
+        return ""
+    hint = f" (relative paths are resolved against the workspace {config.workspace})"
+    try:
+        from_config = (config.base_dir / text).resolve()
+        if from_config.exists() and _is_within(from_config, config.workspace) and from_config != config.workspace:
+            hint += f"; did you mean {str(from_config.relative_to(config.workspace))!r}?"
+    except (OSError, RuntimeError, ValueError, TypeError):
+        pass
+    return hint
+
+
 def resolve_allowed_path(
     raw: str,
     config: Config,
@@ -74,7 +91,8 @@ def resolve_allowed_path(
     except OSError as exc:
         raise InvalidArgument.for_field(field, f"path {_shown(raw)} cannot be used: {exc.strerror}") from exc
     if must_exist and not exists:
-        raise NotFound(f"{field}: {_shown(raw)} does not exist", [(field, "does not exist")])
+        raise NotFound(f"{field}: {_shown(raw)} does not exist{_not_found_hint(raw, config)}",
+                       [(field, "does not exist")])
     if exists and expect == "file" and not is_file:
         raise InvalidArgument.for_field(field, f"{_shown(raw)} is a directory, expected a file")
     if exists and expect == "dir" and not is_dir:

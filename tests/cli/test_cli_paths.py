@@ -37,3 +37,23 @@ def test_validate_takes_the_path_typed_from_above_the_workspace(stack, wintrain,
     run = wintrain("data", "validate", typed, "--json")
     assert run.code == EXIT_OK, run.out + run.err
     assert run.json()["is_valid"] is True and run.json()["total_samples"] == 5
+
+
+def test_not_found_names_the_base_and_the_workspace_form(tmp_path):
+    import pytest
+
+    from services.common.config import Config
+    from services.common.errors import NotFound
+    from services.common.paths import resolve_allowed_path
+
+    ws = tmp_path / "var"
+    (ws / "models" / "tiny-chat").mkdir(parents=True)
+    config = Config(make_config(ws, ws / "models" / "tiny-chat").as_dict(), tmp_path)  # config file in tmp_path
+    with pytest.raises(NotFound) as caught:
+        resolve_allowed_path("var/models/tiny-chat", config, field="model_path", must_exist=True)
+    message = str(caught.value)
+    assert f"resolved against the workspace {ws.resolve()}" in message or f"workspace {ws}" in message, message
+    assert "did you mean 'models/tiny-chat'?" in message, message
+    with pytest.raises(NotFound) as other:
+        resolve_allowed_path("models/nope", config, field="model_path", must_exist=True)
+    assert "resolved against the workspace" in str(other.value) and "did you mean" not in str(other.value)
