@@ -8,7 +8,7 @@ Win-Train algorithm, side by side, in one run, on one generated JSONL file.
   replaced instead of raising.
 - original process: `load_raw_data`, `normalize_conversations`, `split_dataset` (80/10/10,
   seed 42), `save_dataset` x3, with the same change.
-- ours: `services.data.validation.validate_file` and `services.data.processing.process_file`
+- ours: `services.common.dataset.validate.validate_file` and `services.data.processing.process_file`
   (same split), which also do everything the original does not: per-row checks of turn order,
   blank content, UTF-8 and size, statistics and duplicate counts; NFC, trimming, dedup, atomic
   writes.
@@ -164,7 +164,7 @@ def side_process_original(path: Path, out: Path) -> int:
 
 
 def side_validate_ours(path: Path, out: Path, workers: int | None) -> int:
-    from services.data.validation import validate_file
+    from services.common.dataset.validate import validate_file
 
     return validate_file(path, workers=workers).total_samples
 

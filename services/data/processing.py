@@ -48,7 +48,7 @@ from services.common.dataset.formats import (
     normalize_format_type,
     normalize_row,
 )
-from services.data.validation import (
+from services.common.dataset.validate import (
     DEFAULT_MAX_ROW_BYTES,
     JSON_WHITESPACE,
     PARALLEL_SLOTS,

@@ -7,7 +7,7 @@ from services.common.blocking import run_admitted
 from services.common.paths import resolve_allowed_path
 from services.common.server import ServiceRuntime, service_full_name
 from services.data.processing import ProcessReport, SplitSpec, process_file
-from services.data.validation import LengthStats, ValidationReport, validate_file
+from services.common.dataset.validate import LengthStats, ValidationReport, validate_file
 from wintrain.data.v1 import data_pb2, data_pb2_grpc
 
 

@@ -97,7 +97,8 @@ def read_rows(path: Path, *, max_row_bytes: int, limit: int, field_name: str = "
     """Valid conversation rows of the dataset (the data service's row rules), at most `limit`
     (0: all), and the count of invalid rows by their first problem's code."""
     from services.common.dataset.formats import detect_row_format
-    from services.data.validation import RowError, RowReader, check_input_file, explain_row, parse_row
+    from services.common.dataset.reader import RowError, RowReader, check_input_file, parse_row
+    from services.common.dataset.rules import explain_row
 
     check_input_file(path, field=field_name)
     rows: list[_Row] = []

@@ -269,7 +269,7 @@ def resolve_resume(raw: str, out: Path, config: Config, store: TrainJobStore) ->
 def check_start_request(req: StartRequest, config: Config, store: TrainJobStore) -> AcceptedTask:
     """Every pre-flight check, cheapest first; the dataset is validated last. Returns the
     accepted task with resolved paths, or raises the domain error naming the field."""
-    from services.data.validation import validate_rows_for_training
+    from services.common.dataset.validate import validate_rows_for_training
 
     if req.strategy not in STRATEGIES:
         raise InvalidArgument.for_field("strategy", f"must be `trl` or `lora`, got {req.strategy or 'nothing'!r}")

@@ -70,20 +70,25 @@ def load_conversations(path: Path, max_row_bytes: int):
     with one `messages` column, the conversational format TRL expects."""
     from datasets import Dataset
 
-    from services.data.validation import RowError, RowReader
+    from services.common.dataset.reader import RowError, RowReader, parse_row
+    from services.common.dataset.rules import explain_row
 
     rows = []
     reader = RowReader(path, max_row_bytes=max_row_bytes)
-    for number, text in reader:
-        if isinstance(text, RowError):
-            raise ValueError(f"{path}: {reader.label} {number}: {text.detail}")
-        row = json.loads(text)
-        messages = row.get("conversations") if isinstance(row, dict) else None
-        if messages is None and isinstance(row, dict):
-            messages = row.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ValueError(f"{path}: {reader.label} {number}: no conversations")
-        rows.append({"messages": [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]})
+    for number, raw in reader:
+        obj = raw
+        if not isinstance(raw, RowError):
+            try:
+                obj = parse_row(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                obj = RowError("invalid_utf8", "", "text is not valid UTF-8")
+        if isinstance(obj, RowError):
+            raise ValueError(f"{path}: {reader.label} {number}: {obj.detail}")
+        problems = explain_row(obj)  # the rules pre-flight applied: one copy
+        if problems:
+            raise ValueError(f"{path}: {reader.label} {number}: {problems[0][2]}")
+        rows.append({"messages": [{"role": m["role"], "content": m["content"]}
+                                  for m in obj["conversations"]]})
     if not rows:
         raise ValueError(f"{path}: no rows")
     return Dataset.from_list(rows)

@@ -8,11 +8,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from services.common.dataset import dedupe
 from services.common.dataset import parallel as dataset_parallel
-from services.data import processing, validation
+from services.common.dataset import validate as validation
+from services.data import processing
 from services.data.processing import SplitSpec, process_file
-from services.data.validation import validate_file
+from services.common.dataset.validate import validate_file
 
 ROW = {"conversations": [{"role": "user", "content": "Hi there"},
                          {"role": "assistant", "content": "Hello!"}]}
@@ -101,3 +104,41 @@ def test_stale_scratch_folders_of_dead_processes_are_removed(tmp_path):
         (folder / "x").write_text("x")
     assert validation.clean_stale_scratch(str(tmp_path)) == [str(stale)]
     assert not stale.exists() and live.exists() and foreign.exists()
+
+
+def test_train_and_eval_read_rows_by_the_rules_pre_flight_applies(tmp_path):
+    from services.common.dataset.rules import explain_row
+    from services.eval.runner import read_rows
+    from services.train.recipe import load_conversations
+
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(ROW) + "\n" + json.dumps(OTHER) + "\n")
+    assert len(load_conversations(good, 1 << 20)) == 2
+    rows, skipped = read_rows(good, max_row_bytes=1 << 20, limit=0)
+    assert len(rows) == 2 and not skipped
+
+    # A `messages` row: pre-flight refuses it, so training does not quietly accept it.
+    messages = tmp_path / "messages.jsonl"
+    messages.write_text(json.dumps({"messages": ROW["conversations"]}) + "\n")
+    assert explain_row({"messages": ROW["conversations"]})
+    with pytest.raises(ValueError, match="line 1: .*conversations"):
+        load_conversations(messages, 1 << 20)
+    rows, skipped = read_rows(messages, max_row_bytes=1 << 20, limit=0)
+    assert rows == [] and skipped == {"openai_format": 1}
+
+
+def test_the_hot_path_accepts_exactly_the_rows_explain_row_accepts():
+    import random
+
+    from services.common.dataset.rules import explain_row
+
+    rnd = random.Random(3)
+    roles = ["user", "assistant", "system", "User", "gpt", 7, None]
+    contents = ["hi", "  ", "", "x y", 3, None, "caf\u00e9", "\ud800"]
+    for _ in range(3000):
+        conv = [{"role": rnd.choice(roles), "content": rnd.choice(contents)}
+                for _ in range(rnd.randint(0, 5))]
+        obj = {"conversations": conv} if rnd.random() < 0.95 else {"messages": conv}
+        text = json.dumps(obj)
+        assert (dedupe.row_key(text.encode(), text, json.loads(text)) is not None) == \
+            (explain_row(json.loads(text)) == []), text

@@ -14,7 +14,7 @@ from services.common.errors import AlreadyExists, Cancelled, InvalidArgument, No
 from services.common.dataset import parallel as dataset_parallel
 from services.data import processing
 from services.data.processing import MANIFEST_NAME, SplitSpec, process_file
-from services.data.validation import validate_file
+from services.common.dataset.validate import validate_file
 
 
 def conv(*messages):
@@ -398,7 +398,7 @@ def test_output_permissions_follow_the_umask(tmp_path):
 
 
 def test_parallel_workers_write_the_same_files(tmp_path, monkeypatch):
-    from services.data import validation
+    from services.common.dataset import validate as validation
 
     rows = numbered(3000)
     rows += rows[:200]  # duplicates across ranges
@@ -419,7 +419,7 @@ def test_parallel_workers_write_the_same_files(tmp_path, monkeypatch):
 
 
 def test_parallel_mixed_formats_name_global_lines(tmp_path, monkeypatch):
-    from services.data import validation
+    from services.common.dataset import validate as validation
 
     rows = numbered(2000) + [{"instruction": "i", "output": "o"}]
     src = write_jsonl(tmp_path / "in.jsonl", rows)

@@ -1,4 +1,4 @@
-"""Unit tests of services.data.validation: every row check, the streaming reader (JSONL, JSON
+"""Unit tests of services.common.dataset.validate: every row check, the streaming reader (JSONL, JSON
 array, BOM, CRLF, bad UTF-8, oversized and truncated rows) and the statistics."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from services.common.errors import Cancelled, InvalidArgument, NotFound
 from services.common.dataset import dedupe, reader
 from services.common.dataset import parallel as dataset_parallel
-from services.data import validation
-from services.data.validation import (
+from services.common.dataset import validate as validation
+from services.common.dataset.validate import (
     DuplicateCounter,
     LengthStats,
     RowError,

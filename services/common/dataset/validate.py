@@ -355,7 +355,7 @@ def validate_file(
                 payloads = [{"path": str(path), "start": a, "end": b, "name": f"w{k}",
                              "max_row_bytes": max_row_bytes, "max_errors": max_errors,
                              "spill_dir": spill} for k, (a, b) in enumerate(ranges)]
-                parts = run_workers("services.data.validation", payloads, work, should_stop)
+                parts = run_workers("services.common.dataset.validate", payloads, work, should_stop)
                 bases, base = {}, 0
                 for k, part in enumerate(parts):
                     bases[f"w{k}"] = base
@@ -463,7 +463,7 @@ def validate_rows_for_training(
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:
-    # Run the module's real copy, so what is pickled names services.data.validation.
-    from services.data.validation import _worker_main as _main
+    # Run the module's real copy, so what is pickled names services.common.dataset.validate.
+    from services.common.dataset.validate import _worker_main as _main
 
     _main()
