@@ -29,7 +29,8 @@ from gateway.openai_compat import OPENAPI_PATHS as OPENAI_PATHS
 from gateway.openai_compat import OpenAICompat
 from gateway.openapi import build_openapi, swagger_ui_dir, swagger_ui_html
 from gateway.routes import RouteSpec, discover_routes
-from gateway.transcoder import Backends, Transcoder, error_response, json_response
+from gateway.responses import error_response, json_response
+from gateway.transcoder import Backends, Transcoder
 from services.common.config import SERVICE_NAMES, Config, ConfigError
 from services.common.healthcheck import probe_async
 from services.common.metadata import REQUEST_ID_KEY

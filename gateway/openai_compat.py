@@ -26,7 +26,8 @@ from starlette.routing import Route
 from gateway.errors import GatewayError, dumps
 from gateway.jsonmap import JsonInputError, json_to_message, message_to_json
 from gateway.sse import GrpcEventStream
-from gateway.transcoder import JSONBytesResponse, Transcoder, parse_json_object, read_body, request_id_of
+from gateway.responses import JSONBytesResponse
+from gateway.transcoder import Transcoder, parse_json_object, read_body, request_id_of
 
 SERVICE = "wintrain.inference.v1.InferenceService"
 _PASS_THROUGH = ("max_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty", "enable_thinking",

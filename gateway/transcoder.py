@@ -13,7 +13,6 @@ import asyncio
 import fnmatch
 import json
 import logging
-from datetime import datetime, timezone
 from typing import Any
 
 import grpc
@@ -24,45 +23,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import GatewayError, dumps, from_rpc_error
+from gateway.errors import GatewayError, from_rpc_error
 from gateway.jsonmap import (JsonInputError, collect_ignored, fields_by_json_key, json_to_message, message_to_json,
                              note_ignored)
+from gateway.responses import error_response, ignored_header, json_response, render_response, with_ignored
 from gateway.routes import RouteSpec
 from gateway.sse import GrpcEventStream
 from services.common.config import SERVICE_NAMES, Config
-from services.common.metadata import IGNORED_FIELDS_HEADER, REQUEST_ID_KEY
+from services.common.metadata import REQUEST_ID_KEY
 
 log = logging.getLogger("wintrain.gateway")
-JSON_MEDIA_TYPE = "application/json"
-
-
-class JSONBytesResponse(Response):
-    media_type = JSON_MEDIA_TYPE
-
-
-def json_response(obj: Any, status: int = 200) -> Response:
-    return JSONBytesResponse(dumps(obj), status_code=status)
-
-
-def error_response(err: GatewayError) -> Response:
-    return JSONBytesResponse(err.json_bytes(), status_code=err.status)
-
-
-def ignored_header(ignored: list[str]) -> dict[str, str]:
-    """The header naming request keys the API does not know (ignored, as the original API did),
-    ASCII-safe and bounded."""
-    if not ignored:
-        return {}
-    shown = ignored[:20] + ([f"... {len(ignored) - 20} more"] if len(ignored) > 20 else [])
-    text = ", ".join(item[:200] for item in shown)
-    return {IGNORED_FIELDS_HEADER: text.encode("ascii", "backslashreplace").decode("ascii")}
-
-
-def with_ignored(response: Response, ignored: list[str]) -> Response:
-    response.headers.update(ignored_header(ignored))
-    return response
-
-
 class Backends:
     """One `grpc.aio` channel per backend service, and the generic multi-callables of every
     route, made on first use inside the running event loop and closed by `close()`."""
@@ -236,29 +206,6 @@ async def build_request(spec: RouteSpec, request: Request, max_body: int) -> Mes
         return json_to_message(data, spec.request_class)
     except JsonInputError as exc:
         raise GatewayError.invalid(exc.violations) from exc
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def render_response(spec: RouteSpec, message: Message) -> Any:
-    """The HTTP JSON of a unary response: `response_body` selects a field; the envelope (when
-    the RPC declares one) wraps it as the original API did."""
-    data = message_to_json(message)
-    if spec.response_body:
-        data = data.get(spec.response_body)
-    env = spec.envelope
-    if env is None:
-        return data
-    success = bool(data.get(env.success_field, False)) if env.success_field else True
-    payload = data.get(env.data_field) if env.data_field else data
-    out = {"success": success, "message": env.message, "data": payload, "timestamp": _now_iso()}
-    if env.data_field:
-        for key, value in data.items():
-            if key != env.data_field and key not in out:
-                out[key] = value
-    return out
 
 
 class Transcoder:
