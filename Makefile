@@ -20,9 +20,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-# Regenerate the gRPC stubs from protos/ (never edit them by hand).
+# Regenerate the gRPC stubs and the OpenAPI descriptions from protos/ (never edit them by hand).
 protos: install
 	$(PY) -m services.common.protogen
+	$(PY) -m gateway.openapi --write-comments
 
 # Build the embedded tiny model and seed the workspace datasets (skipped when present).
 model: install

@@ -3,9 +3,10 @@ and the offline Swagger UI page (`/docs`, assets from the `swagger_ui_bundle` pa
 
 Schemas come from the message descriptors (enum JSON words, 64-bit integers as numbers,
 declared `(wintrain.api.v1.default_value)` defaults, the envelope where declared, streams as
-`text/event-stream`). Descriptions come from the comments in the .proto sources when protoc
-(grpcio-tools) and the sources are at hand; without them the document is the same, minus
-descriptions.
+`text/event-stream`). Descriptions are the comments of the .proto sources, extracted at build
+time (`make protos`, or `python -m gateway.openapi --write-comments`) into proto_comments.json
+beside this module: the gateway needs neither protoc (grpcio-tools) nor the .proto sources at
+run time. tests/gateway/test_openapi_comments.py fails when that file is stale.
 """
 
 from __future__ import annotations
@@ -84,33 +85,39 @@ ERROR_SCHEMA = {
 
 
 # --------------------------------------------------------------------------- comments
+COMMENTS_FILE = Path(__file__).with_name("proto_comments.json")
+
+
 def proto_comments() -> dict[str, str]:
-    """Leading comments of services, methods, messages, fields, enums and enum values, by full
-    name, read by running protoc with source info over protos/. Empty when that is impossible."""
+    """The proto comments by full name, as extracted at build time. Empty (and a warning) when
+    the file is missing: the document is then the same, minus descriptions."""
     try:
-        from importlib import resources
-
-        from google.api import annotations_pb2
-        from google.protobuf import descriptor_pb2
-        from grpc_tools import protoc
-
-        from services.common.protogen import PROTO_ROOT, proto_sources
-
-        sources = [str(p.relative_to(PROTO_ROOT)) for p in proto_sources()]
-        if not sources:
-            return {}
-        googleapis = Path(annotations_pb2.__file__).resolve().parents[2]
-        well_known = resources.files("grpc_tools") / "_proto"
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "descriptors.pb"
-            code = protoc.main(["protoc", f"-I{PROTO_ROOT}", f"-I{googleapis}", f"-I{well_known}",
-                                "--include_source_info", f"--descriptor_set_out={out}", *sources])
-            if code != 0:
-                return {}
-            fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
-    except Exception as exc:  # noqa: BLE001 - descriptions are optional
-        log.warning("no proto comments for the OpenAPI document: %s", exc)
+        return json.loads(COMMENTS_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("no proto comments for the OpenAPI document (%s): run `make protos`", exc)
         return {}
+
+
+def extract_proto_comments(proto_root: Path | None = None) -> dict[str, str]:
+    """Build time: leading comments of services, methods, messages, fields, enums and enum
+    values, by full name, read by running protoc with source info over the .proto sources."""
+    from importlib import resources
+
+    from google.api import annotations_pb2
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
+
+    root = proto_root or Path(__file__).resolve().parents[1] / "protos"
+    sources = sorted(str(p.relative_to(root)) for p in root.rglob("*.proto") if "node_modules" not in p.parts)
+    googleapis = Path(annotations_pb2.__file__).resolve().parents[2]
+    well_known = resources.files("grpc_tools") / "_proto"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "descriptors.pb"
+        code = protoc.main(["protoc", f"-I{root}", f"-I{googleapis}", f"-I{well_known}",
+                            "--include_source_info", f"--descriptor_set_out={out}", *sources])
+        if code != 0:
+            raise RuntimeError(f"protoc failed with exit code {code}")
+        fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     comments: dict[str, str] = {}
     for file in fds.file:
         names = _names_by_path(file)
@@ -119,7 +126,11 @@ def proto_comments() -> dict[str, str]:
             text = loc.leading_comments.strip()
             if name and text:
                 comments[name] = re.sub(r"\s*\n\s*", " ", text)
-    return comments
+    return dict(sorted(comments.items()))
+
+
+def comments_json(comments: dict[str, str]) -> str:
+    return json.dumps(comments, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
 
 
 def _names_by_path(file) -> dict[tuple, str]:
@@ -412,3 +423,21 @@ def swagger_ui_dir() -> str:
     import swagger_ui_bundle
 
     return str(swagger_ui_bundle.swagger_ui_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m gateway.openapi")
+    parser.add_argument("--write-comments", action="store_true",
+                        help=f"extract the proto comments into {COMMENTS_FILE.name} (build time; needs grpcio-tools)")
+    args = parser.parse_args(argv)
+    if args.write_comments:
+        comments = extract_proto_comments()
+        COMMENTS_FILE.write_text(comments_json(comments), encoding="utf-8")
+        print(f"wrote {len(comments)} comments to {COMMENTS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
