@@ -368,10 +368,25 @@ function selectTask(taskId) {
 // ---------------------------------------------------------------------------------------------
 // Start form
 
+// Live progress comes from logged steps, so the form logs often enough for the chart to get
+// at least CHART_POINTS points whatever max_steps is (30 steps: every step).
+const CHART_POINTS = 20;
+
+function loggingSteps(maxSteps) {
+  return Math.max(1, Math.floor((Number(maxSteps) || 0) / CHART_POINTS));
+}
+
+function syncLoggingSteps(form) {
+  const input = form.elements.logging_steps;
+  if (input.dataset.edited) return;
+  input.value = String(loggingSteps(form.elements.max_steps.value));
+}
+
 async function startTraining(form) {
   const f = new FormData(form);
   const config = {};
   if (f.get("max_steps")) config.max_steps = Number(f.get("max_steps"));
+  config.logging_steps = Number(f.get("logging_steps")) || loggingSteps(config.max_steps);
   if (f.get("learning_rate")) config.learning_rate = Number(f.get("learning_rate"));
   const body = { strategy: f.get("strategy"), dataset_path: f.get("dataset_path"), output_dir: f.get("output_dir"), config };
   if (f.get("eval_dataset_path")) body.eval_dataset_path = f.get("eval_dataset_path");
@@ -401,6 +416,17 @@ function addMessage(role, text) {
   return node;
 }
 
+// How many messages make up the oldest turn that can go (0: only the newest question is
+// left, nothing to drop). A system message is kept.
+function oldestTurn(messages) {
+  const first = messages.length && messages[0].role === "system" ? 1 : 0;
+  const rest = messages.slice(first);
+  if (rest.length <= 1) return 0;
+  let n = 1;
+  while (n < rest.length - 1 && rest[n].role !== "user") n++;
+  return n;
+}
+
 async function sendChat(text) {
   const modelPath = $("#chat-model").value.trim();
   chat.messages.push({ role: "user", content: text });
@@ -418,13 +444,30 @@ async function sendChat(text) {
   const started = performance.now();
   let tokens = 0, finish = "", failed = "";
   try {
-    const resp = await fetch("/api/inference/chat/stream", {
-      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body), signal: abort.signal,
-    });
-    if (!resp.ok) {
+    let resp, dropped = 0, context = "";
+    for (;;) {
+      resp = await fetch("/api/inference/chat/stream", {
+        method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body), signal: abort.signal,
+      });
+      if (resp.ok) break;
       let err = null;
       try { err = await resp.json(); } catch (e) { err = null; }
-      throw new Error(errorText(err, resp.status));
+      const text = errorText(err, resp.status);
+      // The conversation no longer fits the model's context: drop the oldest turn (a user
+      // message and its answer; a system message stays) and ask again.
+      const full = resp.status === 400 && /fills the model's context/.test(text);
+      const cut = full ? oldestTurn(body.messages) : 0;
+      if (!cut) throw new Error(text);
+      body.messages.splice(body.messages[0].role === "system" ? 1 : 0, cut);
+      dropped += cut;
+      context = (text.match(/context of (\d+) tokens/) || [])[1] || context;
+    }
+    if (dropped) {
+      chat.messages = body.messages.slice();
+      const note = addMessage("notice", `Dropped the ${dropped} oldest message${dropped > 1 ? "s" : ""} of this chat `
+        + `to fit the model's context${context ? " of " + context + " tokens" : ""}; the model no longer sees them.`);
+      note.dataset.trimmed = String(dropped);
+      $("#chat-log").insertBefore(note, node.previousSibling);
     }
     await readSse(resp, (ev) => {
       if (ev.error) { failed = errorText(ev.error, ""); return; }
@@ -465,7 +508,11 @@ function init() {
     pollTasks();
     if (state.selected) selectTask(state.selected);
   });
-  $("#train-form").addEventListener("submit", (e) => { e.preventDefault(); startTraining(e.target); });
+  const trainForm = $("#train-form");
+  trainForm.addEventListener("submit", (e) => { e.preventDefault(); startTraining(e.target); });
+  trainForm.elements.max_steps.addEventListener("input", () => syncLoggingSteps(trainForm));
+  trainForm.elements.logging_steps.addEventListener("input", (e) => { e.target.dataset.edited = "1"; });
+  syncLoggingSteps(trainForm);
   $("#chat-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const input = $("#chat-input");
