@@ -26,6 +26,7 @@ from gateway.errors import GatewayError
 from gateway.security import metrics_endpoint
 from gateway.middleware import GatewayMiddleware, RequestHooks
 from gateway.openai_compat import OPENAPI_PATHS as OPENAI_PATHS
+from gateway.openai_compat import OPENAPI_SCHEMAS as OPENAI_SCHEMAS
 from gateway.openai_compat import OpenAICompat
 from gateway.openapi import build_openapi, swagger_ui_dir, swagger_ui_html
 from gateway.routes import RouteSpec, discover_routes
@@ -102,7 +103,7 @@ class Gateway:
 
     def openapi_document(self) -> dict:
         return build_openapi(self.specs, __version__, extra_paths={**HEALTH_PATHS, **OPENAI_PATHS},
-                             extra_schemas=HEALTH_SCHEMA)
+                             extra_schemas={**HEALTH_SCHEMA, **OPENAI_SCHEMAS})
 
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:

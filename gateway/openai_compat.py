@@ -9,7 +9,8 @@ gateway, since the schema is OpenAI's, not ours.
 `model` names a model folder (or LoRA adapter folder) as `model_path` does; `"default"`, the
 configured `api.served_model_name`, or the base model's folder name select the default model.
 Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the
-gateway's HTTP statuses. Extra vLLM-style parameters `top_k`, `repetition_penalty`, `min_tokens` and
+gateway's HTTP statuses. The request and response shapes are declared once, in
+`gateway.openai_protocol`. Extra vLLM-style parameters `top_k`, `repetition_penalty`, `min_tokens` and
 `enable_thinking` (or `chat_template_kwargs.enable_thinking`) are passed through.
 """
 
@@ -26,12 +27,11 @@ from starlette.routing import Route
 from gateway.errors import GatewayError, dumps
 from gateway.jsonmap import JsonInputError, json_to_message, message_to_json
 from gateway.sse import GrpcEventStream
+from gateway.openai_protocol import PASS_THROUGH, openapi_paths, openapi_schemas
 from gateway.responses import JSONBytesResponse
 from gateway.transcoder import Transcoder, parse_json_object, read_body, request_id_of
 
 SERVICE = "wintrain.inference.v1.InferenceService"
-_PASS_THROUGH = ("max_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty", "enable_thinking",
-                 "min_tokens")
 
 
 def openai_error(err: GatewayError) -> dict:
@@ -82,7 +82,7 @@ class OpenAICompat:
             out_messages.append({"role": "system" if role == "developer" else role,
                                  "content": _text_of(msg.get("content"), i)})
         data: dict[str, Any] = {"messages": out_messages}
-        for key in _PASS_THROUGH:
+        for key in PASS_THROUGH:
             if body.get(key) is not None:
                 data[key] = body[key]
         if body.get("max_completion_tokens") is not None:
@@ -199,43 +199,6 @@ class OpenAICompat:
         ]
 
 
-OPENAPI_PATHS = {
-    "/v1/chat/completions": {"post": {
-        "tags": ["OpenAI compatible"],
-        "operationId": "openai_chat_completions",
-        "summary": "OpenAI chat completion (InferenceService.Chat / ChatStream)",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object",
-            "required": ["messages"],
-            "properties": {
-                "model": {"type": "string", "description": "Model folder, adapter folder, or `default`."},
-                "messages": {"type": "array", "items": {"type": "object", "properties": {
-                    "role": {"type": "string"}, "content": {"type": "string"}}}},
-                "max_tokens": {"type": "integer"},
-                "max_completion_tokens": {"type": "integer"},
-                "temperature": {"type": "number"},
-                "top_p": {"type": "number"},
-                "top_k": {"type": "integer"},
-                "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-                "seed": {"type": "integer"},
-                "stream": {"type": "boolean", "default": False},
-                "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-            },
-        }}}},
-        "responses": {
-            "200": {"description": "A `chat.completion`, or with `stream: true` `chat.completion.chunk` "
-                                   "Server-Sent Events ending with `data: [DONE]`.",
-                    "content": {"application/json": {"schema": {"type": "object"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
-            "default": {"description": "`{\"error\": {message, type, param, code}}`",
-                        "content": {"application/json": {"schema": {"type": "object"}}}},
-        },
-    }},
-    "/v1/models": {"get": {
-        "tags": ["OpenAI compatible"],
-        "operationId": "openai_models",
-        "summary": "OpenAI model list (InferenceService.ListModels)",
-        "responses": {"200": {"description": "`{\"object\": \"list\", \"data\": [{id, object, created, owned_by}]}`",
-                              "content": {"application/json": {"schema": {"type": "object"}}}}},
-    }},
-}
+# The OpenAPI part of these routes, generated from the protocol models.
+OPENAPI_PATHS = openapi_paths()
+OPENAPI_SCHEMAS = openapi_schemas()
