@@ -14,6 +14,7 @@ COPY protos/ protos/
 COPY services/ services/
 COPY gateway/ gateway/
 COPY cli/ cli/
+COPY tools/ tools/
 COPY config.yaml README.md ./
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation -e .
 

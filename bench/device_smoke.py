@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from services.common.config import REPO_ROOT, load_config
     from services.common.modeling import pick_device
-    from services.common.tiny_model import build_tiny_model
+    from tools.tiny_model import build_tiny_model
     from services.eval.metrics import aggregate, encode_conversations, score_samples
     from services.inference import engine
     from services.inference.registry import ModelRegistry

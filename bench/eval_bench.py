@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 from medium_model import build_medium_model  # noqa: E402
 
-from services.common.tiny_model import build_tiny_model  # noqa: E402
+from tools.tiny_model import build_tiny_model  # noqa: E402
 from services.eval.metrics import aggregate, encode_conversations, score_samples  # noqa: E402
 
 DATASET = REPO / "services" / "common" / "assets" / "datasets" / "bilingual_chat.jsonl"

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from medium_model import build_medium_model  # noqa: E402
 
 from services.common.config import load_config  # noqa: E402
-from services.common.tiny_model import build_tiny_model  # noqa: E402
+from tools.tiny_model import build_tiny_model  # noqa: E402
 from services.export import parity  # noqa: E402
 from services.export.exporter import ExportSpec, run_export  # noqa: E402
 

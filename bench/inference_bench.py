@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from medium_model import build_medium_model  # noqa: E402
 
 from services.common.modeling import load_model, resolve_model_source  # noqa: E402
-from services.common.tiny_model import build_tiny_model  # noqa: E402
+from tools.tiny_model import build_tiny_model  # noqa: E402
 from services.inference import engine  # noqa: E402
 from services.inference.registry import describe_model  # noqa: E402
 from services.inference.server import InferenceServicer, register  # noqa: E402

@@ -154,7 +154,7 @@ def main() -> int:
     import grpc
 
     import services  # noqa: F401
-    from services.common.tiny_model import DATASETS_DIR, build_tiny_model
+    from tools.tiny_model import DATASETS_DIR, build_tiny_model
     from services.train.server import register
     from tests.support import InProcessServer, make_config
     from wintrain.train.v1 import train_pb2_grpc

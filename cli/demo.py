@@ -168,7 +168,7 @@ def _seed_model(config: Config, console: Console) -> None:
     """The embedded tiny model as the base model (what `make model` builds), if missing."""
     if not (config.base_model_path / "config.json").exists():
         console.print(f"building the embedded tiny model in {config.base_model_path} …")
-        from services.common.tiny_model import build_tiny_model
+        from tools.tiny_model import build_tiny_model
 
         build_tiny_model(config.base_model_path)
 

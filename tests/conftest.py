@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The embedded tiny chat model, built once for the whole test session."""
-    from services.common.tiny_model import build_tiny_model
+    from tools.tiny_model import build_tiny_model
 
     out = tmp_path_factory.mktemp("models") / "tiny-chat"
     build_tiny_model(out)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from services.common import buf_lint
-from services.common.protogen import PROTO_ROOT, generate, generated_files
+from tools import buf_lint
+from tools.protogen import PROTO_ROOT, generate, generated_files
 
 
 def test_generated_stubs_are_not_stale(tmp_path):
@@ -49,6 +49,6 @@ def test_every_original_endpoint_is_annotated():
 def test_buf_lint_passes():
     if buf_lint.find_buf() is None:
         pytest.skip("buf is not installed (`make tools` installs it from the npm registry)")
-    proc = subprocess.run([sys.executable, "-m", "services.common.buf_lint"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tools.buf_lint"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

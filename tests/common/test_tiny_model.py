@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common import tiny_model
-from services.common.assets import make_datasets
-from services.common.tiny_model import DATASETS_DIR, IM_END, build_tiny_model, ensure_workspace_seed
+from tools import make_datasets, tiny_model
+from tools.tiny_model import DATASETS_DIR, IM_END, build_tiny_model, ensure_workspace_seed
 
 TEXTS = [
     "Hello, how are you?  I'm fine!\n\n\tx = 1  # comment\n",

@@ -66,7 +66,7 @@ def test_compose_is_consistent_with_config():
     for name in SERVICE_NAMES:
         assert gateway["environment"][f"WINTRAIN__SERVICES__{name.upper()}__HOST"] == name
     assert images == {"wintrain:latest"}, "one image for every process"
-    assert services["seed"]["command"][:3] == ["python", "-m", "services.common.tiny_model"]
+    assert services["seed"]["command"][:3] == ["python", "-m", "tools.tiny_model"]
     assert "workspace" in compose["volumes"]
 
 

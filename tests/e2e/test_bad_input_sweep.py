@@ -12,7 +12,7 @@ import shutil
 import httpx
 import pytest
 
-from services.common.tiny_model import DATASETS_DIR
+from tools.tiny_model import DATASETS_DIR
 from tests.gateway.helpers import gateway_over
 from tests.support import all_services, make_config
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from services.common.tiny_model import DATASETS_DIR
+from tools.tiny_model import DATASETS_DIR
 from services.eval.server import register as register_eval
 from services.export.server import register as register_export
 from services.inference.server import register as register_inference

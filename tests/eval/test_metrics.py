@@ -76,7 +76,7 @@ def test_mask_covers_exactly_assistant_content_and_end_token(tiny_model_dir):
 def test_batched_encoding_matches_one_by_one_and_isolates_a_row_the_template_refuses(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from services.common.tiny_model import CHAT_TEMPLATE
+    from tools.tiny_model import CHAT_TEMPLATE
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     convs = read_conversations(BILINGUAL, 40)

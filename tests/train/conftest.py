@@ -11,7 +11,7 @@ from typing import Callable
 import grpc
 import pytest
 
-from services.common.tiny_model import DATASETS_DIR
+from tools.tiny_model import DATASETS_DIR
 from services.train.server import register
 from tests.support import InProcessServer, make_config
 from wintrain.train.v1 import train_pb2, train_pb2_grpc

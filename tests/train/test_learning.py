@@ -18,7 +18,7 @@ from wintrain.train.v1 import train_pb2
 pytestmark = pytest.mark.slow
 
 # Chosen by measurement on the tiny model (random init, 2.8M parameters, see
-# services/common/tiny_model.py): the whole set of ten conversations in each step. LoRA
+# tools/tiny_model.py): the whole set of ten conversations in each step. LoRA
 # adapts every projection (attention and MLP) at rank 16 without dropout; with the default
 # q/k/v/o at rank 8 it needs about twice the steps.
 TRL_CONFIG = dict(max_steps=40, per_device_train_batch_size=10, gradient_accumulation_steps=1,

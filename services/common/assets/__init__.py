@@ -1,1 +1,2 @@
-"""Bundled assets of the embedded default model: corpus, datasets and their generator."""
+"""Bundled assets of the embedded default model: corpus and datasets (tools/make_datasets.py
+writes them, tools/tiny_model.py builds the model from them)."""

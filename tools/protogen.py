@@ -1,7 +1,8 @@
-"""Generate the Python stubs (with .pyi) from protos/ — `make protos` runs this.
+"""Generate the Python stubs (with .pyi) from protos/ — `make protos` runs this
+(`python -m tools.protogen`).
 
 The stubs are written beside their sources (protos/wintrain/<domain>/v1/*_pb2*.py) and are
-never edited by hand; tests/common/test_protogen.py fails when they are stale.
+never edited by hand; tests/common/test_protos.py fails when they are stale.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-PROTO_ROOT = Path(__file__).resolve().parents[2] / "protos"
+PROTO_ROOT = Path(__file__).resolve().parents[1] / "protos"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 

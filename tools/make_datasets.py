@@ -1,6 +1,6 @@
 """Deterministic generator of the bundled corpus and chat datasets.
 
-Run `python -m services.common.assets.make_datasets` to rewrite
+Run `python -m tools.make_datasets` to rewrite, under ``services/common/assets/``,
 
 - ``corpus/*.txt``                 the bilingual text the tiny tokenizer is trained on,
 - ``datasets/bilingual_chat.jsonl`` >= 300 Chinese/English conversations, single- and
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from services.common.fsutil import atomic_write_text
 
-ASSETS = Path(__file__).resolve().parent
+ASSETS = Path(__file__).resolve().parents[1] / "services" / "common" / "assets"
 SEED = 20240521
 N_CONVERSATIONS = 360
 

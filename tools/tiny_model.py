@@ -10,8 +10,8 @@ safetensors. The same seed gives byte-identical files, and a build takes seconds
 
 CLI::
 
-    python -m services.common.tiny_model --workspace var    # var/models/tiny-chat + var/datasets
-    python -m services.common.tiny_model --out some/folder [--force]
+    python -m tools.tiny_model --workspace var    # var/models/tiny-chat + var/datasets
+    python -m tools.tiny_model --out some/folder [--force]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "services" / "common" / "assets"
 CORPUS_DIR = ASSETS_DIR / "corpus"
 DATASETS_DIR = ASSETS_DIR / "datasets"
 MODEL_DIRNAME = "tiny-chat"
@@ -194,7 +194,7 @@ def make_model(tokenizer, *, seed: int = 0):
 
 
 def _build_info(seed: int) -> dict:
-    return {"builder": "services.common.tiny_model", "version": BUILD_VERSION, "seed": seed}
+    return {"builder": "tools.tiny_model", "version": BUILD_VERSION, "seed": seed}
 
 
 def is_complete(folder: Path, *, seed: int = 0) -> bool:
@@ -216,7 +216,7 @@ def build_tiny_model(output_dir: Path, *, seed: int = 0, force: bool = False) ->
     happens in a temporary sibling folder that is renamed into place, so `output_dir` is
     never seen half-written. Same `seed` -> byte-identical files.
     """
-    from .fsutil import atomic_directory
+    from services.common.fsutil import atomic_directory
 
     output_dir = Path(output_dir)
     if is_complete(output_dir, seed=seed) and not force:
@@ -269,7 +269,7 @@ def ensure_workspace_seed(workspace: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.common.tiny_model",
+        prog="python -m tools.tiny_model",
         description="Build the embedded tiny chat model and seed the workspace datasets.",
     )
     parser.add_argument("--workspace", type=Path, default=Path("var"), help="workspace to seed (default: var)")
