@@ -33,37 +33,13 @@ class InvalidArgument(ServiceError):
         return cls(message, violations)
 
 
-class NotFound(ServiceError):
-    code = "NOT_FOUND"
-
-
-class PermissionDenied(ServiceError):
-    code = "PERMISSION_DENIED"
-
-
-class FailedPrecondition(ServiceError):
-    code = "FAILED_PRECONDITION"
-
-
-class ResourceExhausted(ServiceError):
-    code = "RESOURCE_EXHAUSTED"
-
-
-class AlreadyExists(ServiceError):
-    code = "ALREADY_EXISTS"
-
-
-class Unavailable(ServiceError):
-    code = "UNAVAILABLE"
-
-
-class Unauthenticated(ServiceError):
-    code = "UNAUTHENTICATED"
-
-
-class Cancelled(ServiceError):
-    code = "CANCELLED"
-
-
-class DeadlineExceeded(ServiceError):
-    code = "DEADLINE_EXCEEDED"
+# One class per canonical code the services raise (the HTTP status is the gateway's mapping).
+class NotFound(ServiceError): code = "NOT_FOUND"  # noqa: E701
+class PermissionDenied(ServiceError): code = "PERMISSION_DENIED"  # noqa: E701
+class FailedPrecondition(ServiceError): code = "FAILED_PRECONDITION"  # noqa: E701
+class ResourceExhausted(ServiceError): code = "RESOURCE_EXHAUSTED"  # noqa: E701
+class AlreadyExists(ServiceError): code = "ALREADY_EXISTS"  # noqa: E701
+class Unavailable(ServiceError): code = "UNAVAILABLE"  # noqa: E701
+class Unauthenticated(ServiceError): code = "UNAUTHENTICATED"  # noqa: E701
+class Cancelled(ServiceError): code = "CANCELLED"  # noqa: E701
+class DeadlineExceeded(ServiceError): code = "DEADLINE_EXCEEDED"  # noqa: E701
