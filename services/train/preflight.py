@@ -272,7 +272,8 @@ def check_start_request(req: StartRequest, config: Config, store: TrainJobStore)
     from services.common.dataset.validate import validate_rows_for_training
 
     if req.strategy not in STRATEGIES:
-        raise InvalidArgument.for_field("strategy", f"must be `trl` or `lora`, got {req.strategy or 'nothing'!r}")
+        raise InvalidArgument.for_field(
+            "strategy", f"must be `trl` or `lora` (gRPC: STRATEGY_TRL or STRATEGY_LORA), got {req.strategy or 'nothing'!r}")
     bad = check_numbers(req.strategy, req.config, config)
     if bad:
         raise InvalidArgument.for_fields(bad)

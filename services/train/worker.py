@@ -39,6 +39,17 @@ def die_with_parent() -> None:
     proc.die_with_parent(signal.SIGTERM, parent_pid=parent)  # raised at once if already gone
 
 
+def stop_control(store, task_id: str, attempt: int, early: dict[str, bool]):
+    """The run's StopControl, taking over from the early SIGTERM handler: a SIGTERM seen
+    before (`early`) or arriving while the handler is swapped is kept, never reset."""
+    from services.train.progress import StopControl
+
+    stop = StopControl(store, task_id, attempt)
+    stop.install_signal_handlers()
+    stop.signalled = stop.signalled or early["term"]
+    return stop
+
+
 def load_worker_config(path: str | None):
     from services.common.config import Config, load_config
 
@@ -59,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="service config as JSON (written by the server)")
     args = parser.parse_args(argv)
 
-    from services.train.progress import STOP_CANCEL, STOP_FENCED, StopControl
+    from services.train.progress import STOP_CANCEL, STOP_FENCED
     from services.train.store import CANCELLED, COMPLETED, INTERRUPTED, RUNNING, TrainJobStore, run_dir
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -69,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: no task {args.task_id} in {args.workspace / 'jobs.db'}", file=sys.stderr)
         return 2
     attempt = args.attempt or task.attempt
-    stop = StopControl(store if main_rank else None, task.task_id, attempt)
-    stop.install_signal_handlers()
-    stop.signalled = early["term"]
+    stop = stop_control(store if main_rank else None, task.task_id, attempt, early)
     die_with_parent()
     if task.status != RUNNING or task.attempt != attempt:
         print(f"worker: task {task.task_id} is {task.status} (attempt {task.attempt}), not running "

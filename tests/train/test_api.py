@@ -38,6 +38,7 @@ def assert_nothing_stored(stub):
 def test_strategy_must_be_trl_or_lora(stub, datasets_dir):
     f = failure(start, stub, strategy=train_pb2.STRATEGY_UNSPECIFIED)
     assert f.code == "INVALID_ARGUMENT" and fields(f) == {"strategy"}
+    assert "STRATEGY_TRL" in f.message and "STRATEGY_LORA" in f.message  # what a gRPC client can send
     assert_nothing_stored(stub)
 
 
