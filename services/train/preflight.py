@@ -3,7 +3,8 @@
 `check_start_request` turns a request (plain values) into an `AcceptedTask` with every path
 resolved, or raises the domain error naming the field: InvalidArgument (bad values, invalid
 dataset rows), PermissionDenied (paths outside the allowed roots, unwritable output),
-NotFound (missing files), FailedPrecondition (not a model folder, output folder in use).
+NotFound (missing files), FailedPrecondition (not a model folder), AlreadyExists (output folder
+in use by a live task).
 
 No torch here: the model is checked from its files (config.json, the safetensors headers,
 the tokenizer config), so the server process stays small and answers fast.
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import Config
-from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, PermissionDenied
 from services.common.modeling import resolve_model_source
 from services.common.paths import resolve_allowed_path
 from services.train import checkpoints
-from services.train.store import LIVE, TrainJobStore, run_dir
+from services.train.store import OutputInUse, TrainJobStore, run_dir
 
 STRATEGIES = ("trl", "lora")
 # Optimizers and schedulers that work with the installed packages alone (others need
@@ -220,7 +221,8 @@ def _inside(path: Path, root: Path) -> bool:
 def check_output_dir(out: Path, *, protected: list[Path], store: TrainJobStore, own_task: str = "") -> None:
     """`out` can receive a finished model: not a file, not a folder that holds anything the
     system or the request needs, not someone else's data, writable, and not the output of
-    another live task. Raises InvalidArgument / FailedPrecondition / PermissionDenied."""
+    another live task. Raises InvalidArgument / FailedPrecondition / PermissionDenied /
+    AlreadyExists."""
     name = "output_dir"
     if out.exists() and not out.is_dir():
         raise InvalidArgument.for_field(name, f"{out} is a file, expected a folder")
@@ -237,12 +239,15 @@ def check_output_dir(out: Path, *, protected: list[Path], store: TrainJobStore, 
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionDenied(f"{name}: {probe} is not writable", [(name, "not writable")])
-    for task in store.with_status(*LIVE):
-        other = Path(task.resolved.get("output_dir", ""))
-        if task.task_id != own_task and (_inside(other, out) or _inside(out, other)):
-            raise FailedPrecondition(
-                f"{name}: {out} is the output folder of task {task.task_id} ({task.status})",
-                [(name, f"used by live task {task.task_id}")])
+    owner = store.live_owner(str(out), own_task)
+    if owner is not None:
+        raise output_in_use(OutputInUse(str(out), owner.task_id, owner.status))
+
+
+def output_in_use(exc: OutputInUse) -> AlreadyExists:
+    """The 409 a client gets when another live task owns the output folder (found by the early
+    check, or by the store's check in the transaction that inserts the task)."""
+    return AlreadyExists(f"output_dir: {exc}", [("output_dir", f"used by live task {exc.task_id}")])
 
 
 # -- the whole request --------------------------------------------------------------------------

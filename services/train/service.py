@@ -14,9 +14,10 @@ from services.common.config import Config
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.paths import resolve_allowed_path
 from services.train import checkpoints
-from services.train.preflight import AcceptedTask, StartRequest, check_output_dir, check_start_request
+from services.train.preflight import (AcceptedTask, StartRequest, check_output_dir, check_start_request,
+                                      output_in_use)
 from services.train.scheduler import Scheduler
-from services.train.store import RESUMABLE, EventRecord, TaskRecord, TrainJobStore, run_dir
+from services.train.store import RESUMABLE, EventRecord, OutputInUse, TaskRecord, TrainJobStore, run_dir
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -76,11 +77,14 @@ class TrainingJobs:
             f", {accepted.eval_samples} for evaluation)" if accepted.eval_samples else ")")
         if resume:
             message += f"; continues from {Path(resume).name}"
-        record = self.store.create(
-            task_id=task_id, strategy=request.strategy, dataset_path=request.dataset_path,
-            eval_dataset_path=request.eval_dataset_path, output_dir=request.output_dir,
-            config=request.config, resolved=accepted.resolved, message=message, resume_from=resume,
-        )
+        try:
+            record = self.store.create(
+                task_id=task_id, strategy=request.strategy, dataset_path=request.dataset_path,
+                eval_dataset_path=request.eval_dataset_path, output_dir=request.output_dir,
+                config=request.config, resolved=accepted.resolved, message=message, resume_from=resume,
+            )
+        except OutputInUse as exc:  # another start took the folder while this one was in pre-flight
+            raise output_in_use(exc) from None
         self.scheduler.wake()
         return record, max(self.store.queue_position(task_id), 0)
 
@@ -133,8 +137,12 @@ class TrainingJobs:
                                          [("task_id", "no checkpoint")])
         await asyncio.to_thread(check_output_dir, Path(task.resolved["output_dir"]), protected=[],
                                 store=self.store, own_task=task_id)
-        if not self.store.requeue(task_id, resume_from=str(folder),
-                                  message=f"queued again to resume from {folder.name}"):
+        try:
+            requeued = self.store.requeue(task_id, resume_from=str(folder),
+                                          message=f"queued again to resume from {folder.name}")
+        except OutputInUse as exc:
+            raise output_in_use(exc) from None
+        if not requeued:
             current = self._task(task_id)
             raise FailedPrecondition(f"task {task_id} is {current.status}", [("task_id", f"task is {current.status}")])
         self.scheduler.wake()

@@ -186,6 +186,30 @@ def _task_from_row(row: sqlite3.Row) -> TaskRecord:
     )
 
 
+class OutputInUse(Exception):
+    """The output folder is (inside, or holds) the output folder of another live task."""
+
+    def __init__(self, out: str, task_id: str, status: str):
+        super().__init__(f"{out} is the output folder of task {task_id} ({status})")
+        self.out, self.task_id, self.status = out, task_id, status
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def _live_owner(con: sqlite3.Connection, out: str, own_task: str = "") -> TaskRecord | None:
+    """The live task (other than `own_task`) whose resolved output folder overlaps `out`."""
+    marks = ",".join("?" for _ in LIVE)
+    rows = con.execute(f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY queued_at, seq",
+                       sorted(LIVE)).fetchall()
+    for task in map(_task_from_row, rows):
+        other = task.resolved.get("output_dir", "")
+        if task.task_id != own_task and other and _overlaps(Path(other), Path(out)):
+            return task
+    return None
+
+
 class StoreError(ConfigError):
     """The job store file cannot be opened or has an unknown schema (start-up stops)."""
 
@@ -313,6 +337,10 @@ class TrainJobStore:
         order = self.queue()
         return order.index(task_id) if task_id in order else -1
 
+    def live_owner(self, output_dir: str, own_task: str = "") -> TaskRecord | None:
+        """The live task other than `own_task` that writes into (or around) `output_dir`."""
+        return _live_owner(self._conn(), output_dir, own_task)
+
     def previous_tasks_for_output(self, output_dir: str) -> list[TaskRecord]:
         """Tasks that wrote (or meant to write) into this resolved output folder, newest first."""
         rows = self._conn().execute("SELECT * FROM tasks ORDER BY seq DESC").fetchall()
@@ -322,9 +350,15 @@ class TrainJobStore:
     def create(self, *, task_id: str, strategy: str, dataset_path: str, eval_dataset_path: str,
                output_dir: str, config: dict[str, Any], resolved: dict[str, Any],
                message: str = "queued", resume_from: str = "") -> TaskRecord:
-        """Store a new pending task and its first event. Returns the stored record."""
+        """Store a new pending task and its first event. Returns the stored record. Raises
+        OutputInUse, storing nothing, when a live task owns `resolved["output_dir"]`: the
+        check and the insert are one transaction, so two concurrent starts cannot both pass."""
         stamp = now_iso()
         with self._write() as con:
+            out = str(resolved.get("output_dir", ""))
+            owner = _live_owner(con, out) if out else None
+            if owner is not None:
+                raise OutputInUse(out, owner.task_id, owner.status)
             con.execute(
                 "INSERT INTO tasks (task_id, status, strategy, dataset_path, eval_dataset_path, output_dir,"
                 " config_json, resolved_json, created_at, queued_at, message, resume_from)"
@@ -462,9 +496,16 @@ class TrainJobStore:
 
     def requeue(self, task_id: str, *, resume_from: str, message: str) -> bool:
         """An ended (failed, cancelled, interrupted) task goes back to the queue, to continue
-        from `resume_from`. Returns False if it is not in one of those states."""
+        from `resume_from`. Returns False if it is not in one of those states. Raises
+        OutputInUse when another live task owns its output folder (checked in the same
+        transaction)."""
         marks = ",".join("?" for _ in RESUMABLE)
         with self._write() as con:
+            row = con.execute("SELECT resolved_json FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            out = str(json.loads(row["resolved_json"]).get("output_dir", "")) if row else ""
+            owner = _live_owner(con, out, own_task=task_id) if out else None
+            if owner is not None:
+                raise OutputInUse(out, owner.task_id, owner.status)
             cur = con.execute(
                 f"UPDATE tasks SET status = ?, queued_at = ?, completed_at = '', error_message = '',"
                 f" worker_error = '', cancel_requested = 0, eta_seconds = 0, resume_from = ?, message = ?"

@@ -155,10 +155,10 @@ def test_output_dir_of_a_live_task_is_refused(tmp_path):
     out = tmp_path / "out" / "model"
     store.create(task_id="live", strategy="trl", dataset_path="d", eval_dataset_path="", output_dir="out/model",
                  config={}, resolved={"output_dir": str(out)})
-    from services.common.errors import FailedPrecondition
+    from services.common.errors import AlreadyExists
 
     for candidate in (out, out / "inner", out.parent):
-        with pytest.raises(FailedPrecondition) as info:
+        with pytest.raises(AlreadyExists) as info:  # 409: the folder is taken, not a bad request
             check_output_dir(candidate, protected=[], store=store)
         assert info.value.field_violations[0][0] == "output_dir"
     check_output_dir(tmp_path / "other", protected=[], store=store)

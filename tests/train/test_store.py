@@ -16,7 +16,9 @@ from services.train.store import (CANCELLED, COMPLETED, FAILED, INTERRUPTED, PEN
                                   TrainJobStore)
 
 
-def make_task(store: TrainJobStore, task_id: str, output: str = "/tmp/out") -> None:
+def make_task(store: TrainJobStore, task_id: str, output: str | None = None) -> None:
+    # Each task its own folder: the store refuses two live tasks writing into one.
+    output = output or f"/tmp/out-{task_id}"
     store.create(task_id=task_id, strategy="trl", dataset_path="d.jsonl", eval_dataset_path="",
                  output_dir="out", config={"learning_rate": 0.001, "lora_config": {"r": 8}},
                  resolved={"output_dir": output, "dataset": "/d.jsonl", "model": "/m", "eval_dataset": "",

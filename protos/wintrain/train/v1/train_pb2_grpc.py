@@ -77,7 +77,7 @@ class TrainServiceServicer:
         """Checks the request (strategy, dataset, model, numbers, LoRA targets,
         output_dir) and queues a task. The task is stored before this returns.
         Errors: INVALID_ARGUMENT naming the field, NOT_FOUND, PERMISSION_DENIED,
-        FAILED_PRECONDITION (output_dir used by another live task).
+        ALREADY_EXISTS (output_dir used by another live task; HTTP 409).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
