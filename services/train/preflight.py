@@ -174,6 +174,14 @@ def has_chat_template(model_dir: Path) -> bool:
         return False
 
 
+def needs_remote_code(model_cfg: dict[str, Any]) -> bool:
+    """A config.json whose model type the installed transformers does not know and that names
+    its own classes (`auto_map`): loading it would run code from the folder."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return bool(model_cfg.get("auto_map")) and model_cfg.get("model_type") not in CONFIG_MAPPING_NAMES
+
+
 def check_model(model_dir: Path, strategy: str, cfg: dict[str, Any], config: Config) -> None:
     """The model folder can be trained with this request. Raises InvalidArgument /
     FailedPrecondition naming config.model_path (or the LoRA field)."""
@@ -190,6 +198,10 @@ def check_model(model_dir: Path, strategy: str, cfg: dict[str, Any], config: Con
     except (OSError, ValueError) as exc:
         raise FailedPrecondition(f"{field_name}: {model_dir}/config.json is unreadable: {exc}",
                                  [(field_name, "config.json is unreadable")]) from exc
+    if needs_remote_code(model_cfg) and not config.get("model.trust_remote_code", False):
+        raise InvalidArgument.for_field(
+            field_name, f"{model_dir} needs remote code (model_type {model_cfg.get('model_type')!r} with auto_map), "
+                        "which is not run here (model.trust_remote_code is off)")
     limit = model_cfg.get("max_position_embeddings")
     if isinstance(limit, int) and cfg.get("max_length", 0) > limit:
         raise InvalidArgument.for_field("config.max_length",

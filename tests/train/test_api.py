@@ -116,6 +116,31 @@ def test_model_path_must_be_a_trainable_model(stub, datasets_dir, workspace, ws_
     assert_nothing_stored(stub)
 
 
+def test_a_model_that_needs_remote_code_is_refused_at_preflight(stub, datasets_dir, workspace, ws_model):
+    custom = workspace / "custom"
+    shutil.copytree(ws_model, custom)
+    cfg = json.loads((custom / "config.json").read_text())
+    cfg.update(model_type="wintrain_custom", auto_map={"AutoModelForCausalLM": "modeling_custom.CustomLM"})
+    (custom / "config.json").write_text(json.dumps(cfg))
+    f = failure(start, stub, model_path="custom")
+    assert (f.code, fields(f)) == ("INVALID_ARGUMENT", {"config.model_path"})
+    assert "remote code" in f.message
+    assert_nothing_stored(stub)
+
+
+def test_an_adapter_whose_base_is_outside_the_roots_is_refused(stub, datasets_dir, workspace, ws_model, tmp_path):
+    outside = tmp_path / "outside-base"
+    shutil.copytree(ws_model, outside)
+    adapter = workspace / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(outside)}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    f = failure(start, stub, model_path="adapter")
+    assert (f.code, fields(f)) == ("PERMISSION_DENIED", {"config.model_path"})
+    assert "base_model_name_or_path" in f.message
+    assert_nothing_stored(stub)
+
+
 def test_output_dir_rules(stub, datasets_dir, workspace):
     for bad in (".", str(workspace), "runs/x"):
         f = failure(start, stub, output=bad)
