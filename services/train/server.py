@@ -89,10 +89,12 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         self.jobs = jobs
 
     async def StartTraining(self, request, context):
+        # The interceptor filled the defaults of what the client sent; a settings group it left
+        # out (config, or lora_config of a LoRA run) gets the proto's defaults here.
         if request.strategy == train_pb2.STRATEGY_LORA:
             request.config.lora_config.SetInParent()
         request.config.SetInParent()
-        apply_defaults(request)
+        apply_defaults(request.config)
         start = StartRequest(
             strategy=_STRATEGY_TO_NAME.get(request.strategy, ""),
             dataset_path=request.dataset_path,
@@ -107,27 +109,22 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         )
 
     async def GetTrainingStatus(self, request, context):
-        apply_defaults(request)
         task, position = self.jobs.get(request.task_id)
         return task_to_proto(task, position)
 
     async def ListTrainingTasks(self, request, context):
-        apply_defaults(request)
         tasks, token, queue = self.jobs.list_tasks(request.page_size, request.page_token)
         return train_pb2.ListTrainingTasksResponse(
             tasks=[task_to_proto(t, queue.get(t.task_id, -1)) for t in tasks], next_page_token=token)
 
     async def WatchTraining(self, request, context):
-        apply_defaults(request)
         async for item in self.jobs.watch(request.task_id, request.from_sequence, request.replay):
             yield event_to_proto(item)
 
     async def CancelTraining(self, request, context):
-        apply_defaults(request)
         return task_to_proto(await self.jobs.cancel(request.task_id))
 
     async def ResumeTraining(self, request, context):
-        apply_defaults(request)
         task = await self.jobs.resume(request.task_id, request.checkpoint)
         return task_to_proto(task, self.jobs.store.queue_position(task.task_id))
 
