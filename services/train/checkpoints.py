@@ -80,9 +80,16 @@ def check_checkpoint_files(folder: Path) -> None:
 
 def remove_partial_outputs(output_dir: Path) -> None:
     """Temporary siblings a killed worker may have left while saving its output
-    (`.<name>.*.tmp`, see `atomic_directory`)."""
+    (`.<name>.*.tmp`, see `atomic_directory`), and the previous output set aside
+    (`.<name>.*.old`) once the new one is in place. Call it only while no worker of a live
+    task saves into `output_dir`."""
+    if not output_dir.parent.is_dir():
+        return
     for leftover in output_dir.parent.glob(f".{output_dir.name}.*.tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
+    if output_dir.is_dir():  # else the set-aside copy is the only one left: keep it
+        for leftover in output_dir.parent.glob(f".{output_dir.name}.*.old"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 # -- worker side (torch) ------------------------------------------------------------------------

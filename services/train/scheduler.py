@@ -112,7 +112,8 @@ class Scheduler:
     # -- start-up ------------------------------------------------------------------------
     def recover(self) -> list[str]:
         """Tasks left `running` by a server that died become `interrupted`; a worker of
-        theirs still alive is killed. Pending tasks stay queued. Returns the ids marked."""
+        theirs still alive is killed; half-saved outputs are removed. Pending tasks stay
+        queued. Returns the ids marked."""
         reason = "the service restarted while this task was running; resume it to continue from its last checkpoint"
         found = self.store.interrupt_running(reason)
         for task in found:
@@ -121,6 +122,10 @@ class Scheduler:
                     os.killpg(task.worker_pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+        # Temporaries a killed worker left while saving an output (`.<name>.*.tmp`): no task
+        # runs yet, so every one of them is stale.
+        for out in self.store.output_dirs():
+            checkpoints.remove_partial_outputs(Path(out))
         if found:
             log.warning("marked interrupted after restart", extra={"tasks": ",".join(t.task_id for t in found)})
         return [t.task_id for t in found]

@@ -337,6 +337,12 @@ class TrainJobStore:
         order = self.queue()
         return order.index(task_id) if task_id in order else -1
 
+    def output_dirs(self) -> list[str]:
+        """Every resolved output folder a task wrote (or meant to write) into."""
+        rows = self._conn().execute("SELECT resolved_json FROM tasks").fetchall()
+        found = {json.loads(r["resolved_json"]).get("output_dir", "") for r in rows}
+        return sorted(d for d in found if d)
+
     def live_owner(self, output_dir: str, own_task: str = "") -> TaskRecord | None:
         """The live task other than `own_task` that writes into (or around) `output_dir`."""
         return _live_owner(self._conn(), output_dir, own_task)

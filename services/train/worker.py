@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         resume_from=Path(task.resume_from) if task.resume_from else None,
     )
     spec.run_dir.mkdir(parents=True, exist_ok=True)
+    if main_rank:  # this task owns the folder now: what an earlier killed save left is stale
+        checkpoints.remove_partial_outputs(spec.output_dir)
     try:
         result = run(spec, config, store=store, stop=stop)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, then re-raised as exit 1

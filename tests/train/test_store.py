@@ -200,3 +200,26 @@ def test_finish_rejects_non_terminal_targets(tmp_path, status):
             store.finish("a", status, message="x")
     else:
         assert not store.finish("a", status, message="x")  # pending is not in from_statuses
+
+
+def test_recover_removes_half_saved_outputs(tmp_path, tiny_model_dir):
+    from services.train.scheduler import Scheduler
+    from tests.support import make_config
+
+    config = make_config(tmp_path / "ws", tiny_model_dir)
+    store = TrainJobStore(config.workspace / "jobs.db")
+    out = tmp_path / "models" / "x"
+    make_task(store, "killed", output=str(out))
+    store.claim("killed")
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    half = out.parent / ".x.k3j2.tmp"  # a kill -9 while the output was being saved
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\0" * 1024)
+    old = out.parent / ".x.9a8b.old"
+    old.mkdir()
+    other = out.parent / ".y.k3j2.tmp"  # another folder's: not ours to touch
+    other.mkdir()
+    Scheduler(store, config).recover()
+    assert not half.exists() and not old.exists()
+    assert other.exists() and (out / "config.json").is_file()
