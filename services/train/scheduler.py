@@ -71,6 +71,18 @@ def log_tail(path: Path, offset: int = 0, lines: int = TAIL_LINES, max_bytes: in
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+# torchrun is the server's child under num_processes > 1 (its ranks watch torchrun, not the
+# server): this shim asks for SIGTERM when the server dies, then becomes torchrun (the request
+# survives exec), so a server killed with -9 leaves no training behind.
+_PARENT_GUARD = ("import os, sys; from services.common.proc import die_with_parent; "
+                 "die_with_parent(parent_pid=int(sys.argv[1])); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def with_parent_guard(python_args: list[str], parent_pid: int) -> list[str]:
+    """`python <python_args>`, started so that it gets SIGTERM when `parent_pid` dies."""
+    return [sys.executable, "-c", _PARENT_GUARD, str(parent_pid), *python_args]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -202,13 +214,13 @@ class Scheduler:
             return [sys.executable, "-m", WORKER_MODULE, *worker_args]
         nnodes = int(self.config.get("train.nnodes", 1) or 1)
         endpoint = self.config.get("train.rdzv_endpoint")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nprocs)]
+        cmd = ["-m", "torch.distributed.run", "--nproc_per_node", str(nprocs)]
         if nnodes > 1 and endpoint:
             cmd += ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", str(endpoint),
                     "--rdzv_id", f"{task_id}-{attempt}"]
         else:
             cmd += ["--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-        return [*cmd, "-m", WORKER_MODULE, *worker_args]
+        return with_parent_guard([*cmd, "-m", WORKER_MODULE, *worker_args], os.getpid())
 
     def _write_worker_config(self, folder: Path) -> Path:
         data = self.config.as_dict()
