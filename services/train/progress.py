@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -24,6 +25,11 @@ from transformers import TrainerCallback
 from services.train.store import RUNNING, TrainJobStore, now_iso
 
 STOP_CANCEL, STOP_SIGNAL, STOP_FENCED = "cancel", "signal", "fenced"
+
+
+def is_main_process() -> bool:
+    """The one rank check: global rank 0 writes (torchrun sets RANK; a single worker has none)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class StopControl:
@@ -94,9 +100,15 @@ class ProgressCallback(TrainerCallback):
         self.first_step_at: float | None = None  # monotonic
         self.first_step_wall: float | None = None  # time.time()
         self.last_checkpoint: str = ""
+        self.main = is_main_process()
         self._t0 = self._last_t = time.monotonic()
         self._start_step = 0
         self._last_tokens = 0.0
+
+    @property
+    def first_step_seconds(self) -> float | None:
+        """Seconds from train begin to the first step done (None before it)."""
+        return None if self.first_step_at is None else self.first_step_at - self._t0
 
     # -- helpers ---------------------------------------------------------------------------
     def _write_log(self, entry: dict[str, Any]) -> None:
@@ -114,7 +126,7 @@ class ProgressCallback(TrainerCallback):
         self._t0 = self._last_t = time.monotonic()
         self._start_step = state.global_step
         self._last_tokens = 0.0
-        if state.is_world_process_zero:
+        if self.main:
             total = int(state.max_steps or 0)
             step = int(state.global_step)
             # A status event: the task went from "starting the worker" to training.
@@ -126,7 +138,7 @@ class ProgressCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.first_step_at is None:
             self.first_step_at, self.first_step_wall = time.monotonic(), time.time()
-        reason = self.stop.poll() if state.is_world_process_zero else (
+        reason = self.stop.poll() if self.main else (
             "signal" if self.stop.signalled else None)
         if _agree(reason is not None, args.device):
             self.stopped_reason = reason or self.stop.poll(force=True) or STOP_SIGNAL
@@ -138,7 +150,7 @@ class ProgressCallback(TrainerCallback):
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not self.main or not logs:
             return
         now = time.monotonic()
         step, total = int(state.global_step), int(state.max_steps or 0)
@@ -180,7 +192,7 @@ class ProgressCallback(TrainerCallback):
                      message=f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else ""))
 
     def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
+        if not self.main:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.last_checkpoint = str(folder)

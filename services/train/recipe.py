@@ -9,7 +9,6 @@ tokens only.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from services.common.config import Config
 from services.train import checkpoints
 from services.train.plots import dedupe_log, plot_losses, read_log
-from services.train.progress import ProgressCallback, StopControl
+from services.train.progress import ProgressCallback, StopControl, is_main_process
 from services.train.store import TrainJobStore
 from services.train.strategies import get_strategy
 
@@ -59,10 +58,6 @@ class RunResult:
     last_checkpoint: str = ""
     first_step_seconds: float | None = None  # train begin -> first step done
     first_step_wall: float | None = None  # time.time() of the first step done
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def load_conversations(path: Path, max_row_bytes: int):
@@ -197,11 +192,10 @@ def run(spec: RunSpec, config: Config, *, store: TrainJobStore | None, stop: Sto
         return RunResult(outcome=reason, last_checkpoint=str(spec.resume_from or ""))
     output = trainer.train(resume_from_checkpoint=resume)
     state = trainer.state
-    first_step = None if progress.first_step_at is None else progress.first_step_at - progress._t0
     result = RunResult(outcome=COMPLETED, step=int(state.global_step), total_steps=int(state.max_steps),
                        metrics={k: float(v) for k, v in (output.metrics or {}).items()
                                 if isinstance(v, (int, float))},
-                       last_checkpoint=progress.last_checkpoint, first_step_seconds=first_step,
+                       last_checkpoint=progress.last_checkpoint, first_step_seconds=progress.first_step_seconds,
                        first_step_wall=progress.first_step_wall)
     if progress.stopped_reason is not None:
         result.outcome = progress.stopped_reason

@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="service config as JSON (written by the server)")
     args = parser.parse_args(argv)
 
-    from services.train.progress import STOP_CANCEL, STOP_FENCED
+    from services.train.progress import STOP_CANCEL, STOP_FENCED, is_main_process
     from services.train.store import CANCELLED, COMPLETED, INTERRUPTED, RUNNING, TrainJobStore, run_dir
 
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = is_main_process()
     store = TrainJobStore(args.workspace / "jobs.db")
     task = store.get(args.task_id)
     if task is None:
