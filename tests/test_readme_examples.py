@@ -56,6 +56,35 @@ def readme_commands(text: str) -> list[list[str]]:
     return commands
 
 
+def _wait_for_a_step(url: str, task_id: str, timeout: float = 300) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{url}/api/train/status/{task_id}", timeout=30).json()
+        task = body.get("data", body)
+        if task["current_step"] >= 1:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"task {task_id} made no step in {timeout}s")
+
+
+def _wait_for_status(url: str, task_id: str, status: str, timeout: float = 120) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{url}/api/train/status/{task_id}", timeout=30).json()
+        if body.get("data", body)["status"] == status:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"task {task_id} is not {status} after {timeout}s")
+
+
 def test_readme_commands_are_found():
     commands = readme_commands((REPO_ROOT / "README.md").read_text(encoding="utf-8"))
     assert sum(c[0] == "curl" for c in commands) >= 15
@@ -87,6 +116,12 @@ def test_every_readme_shell_example_runs(tmp_path, tiny_model_dir):
                     assert task_id, f"no task started before: {command}"
                 argv = [w.replace("<task_id>", task_id).replace("localhost:8801", url.removeprefix("http://"))
                         for w in written]
+                if "/api/train/cancel/" in command:
+                    # as a person would: cancel once the run is under way (a cancelled task resumes
+                    # from the checkpoint its first steps leave)
+                    _wait_for_a_step(url, task_id)
+                if "/api/train/resume/" in command:
+                    _wait_for_status(url, task_id, "cancelled")  # cancel stops at the next step
                 if argv[0] == "curl":
                     argv[1:1] = ["-sS", "-w", "\nHTTP_STATUS %{http_code}\n", "--max-time", "900"]
                 proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
