@@ -12,9 +12,12 @@ the tokenizer config), so the server process stays small and answers fast.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,12 +177,25 @@ def has_chat_template(model_dir: Path) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
+def known_model_types() -> frozenset[str]:
+    """The model types the installed transformers knows, read from the source of its
+    CONFIG_MAPPING_NAMES: importing it would import torch into the server process."""
+    spec = importlib.util.find_spec("transformers")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        source = Path(root) / "models" / "auto" / "configuration_auto.py"
+        if source.is_file():
+            text = source.read_text(encoding="utf-8")
+            start = text.find("CONFIG_MAPPING_NAMES")
+            end = text.find("\n)", start)
+            return frozenset(re.findall(r'\(\s*"([\w.-]+)"\s*,\s*"\w+"\s*\)', text[start:end]))
+    return frozenset()
+
+
 def needs_remote_code(model_cfg: dict[str, Any]) -> bool:
     """A config.json whose model type the installed transformers does not know and that names
     its own classes (`auto_map`): loading it would run code from the folder."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    return bool(model_cfg.get("auto_map")) and model_cfg.get("model_type") not in CONFIG_MAPPING_NAMES
+    return bool(model_cfg.get("auto_map")) and model_cfg.get("model_type") not in known_model_types()
 
 
 def check_model(model_dir: Path, strategy: str, cfg: dict[str, Any], config: Config) -> None:

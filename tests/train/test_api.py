@@ -198,6 +198,15 @@ def test_known_optimizers_and_schedulers_exist_in_transformers():
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
 
 
+def test_known_model_types_are_those_of_the_installed_transformers():
+    # Read from its source so that pre-flight never imports torch into the server.
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    from services.train.preflight import known_model_types
+
+    assert known_model_types() == set(CONFIG_MAPPING_NAMES)
+
+
 def test_lora_targets_are_read_from_the_safetensors_header(tiny_model_dir):
     modules = module_names(tiny_model_dir)
     assert "model.layers.0.self_attn.q_proj" in modules and "model.layers.3.mlp.down_proj" in modules
