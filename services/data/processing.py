@@ -56,11 +56,10 @@ from services.common.dataset.validate import (
     RowReader,
     check_input_file,
     default_workers,
-    explain_json,
+    parse_row,
     plan_ranges,
     run_workers,
     scratch_prefix,
-    scan_json,
 )
 
 MANIFEST_NAME = ".wintrain-data.json"
@@ -217,7 +216,7 @@ def _pass1(reader: RowReader, start: int, end: int | None, fmt_choice: str, spoo
     n_rows = 0
     total = 0
     number = 0
-    scan = scan_json
+    parse = parse_row
     fast_line = fast_conversation_line
     max_bytes = reader.max_row_bytes
     write = spool.write
@@ -250,16 +249,11 @@ def _pass1(reader: RowReader, start: int, end: int | None, fmt_choice: str, spoo
             nfc_text = not escaped
             if nfc_text and not text.isascii():
                 text = normalize("NFC", text)
-            try:
-                obj, end_ = scan(text, 0)
-                if end_ != len(text) and not text[end_:].isspace():
-                    obj = explain_json(text)
-            except (StopIteration, ValueError, RecursionError):
+            obj = parse(text)
+            if type(obj) is RowError:
                 if text.isspace():  # a blank line is not a row
                     total -= 1
                     continue
-                obj = explain_json(text)
-            if type(obj) is RowError:
                 dropped[obj.code] = dropped.get(obj.code, 0) + 1
                 continue
             # The usual row (clean conversations) takes the fast path, no detection needed.

@@ -357,13 +357,16 @@ class _ArraySplitter:
 
 def parse_row(text: str) -> "object | RowError":
     """Parse one row's JSON text; a RowError (`invalid_json` / `truncated_json`) when it is
-    not exactly one JSON value."""
+    not exactly one JSON value (whitespace around it allowed). This is every reader's one
+    parse step: the fast scan, and `explain_json` only for a row that fails it. A blank line
+    gives the `invalid_json` "blank" error; the loops that skip blank lines check
+    `text.isspace()` on an error."""
     try:
         obj, end = scan_json(text, 0)
-        if end == len(text):
-            return obj
     except (StopIteration, ValueError, RecursionError):
-        pass
+        return explain_json(text)
+    if end == len(text) or text[end:].isspace():
+        return obj
     return explain_json(text)
 
 

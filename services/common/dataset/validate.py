@@ -221,7 +221,7 @@ def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: 
     buckets, mask, spill_at = dups.buckets, dups.mask, dups.spill_at
     row_key, content_hash = dedupe.row_key, dedupe.content_hash
     held = 0
-    scan = scan_json
+    parse = parse_row
     max_bytes = reader.max_row_bytes
     number = 0
     for block in reader.blocks(start, end):
@@ -249,16 +249,11 @@ def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: 
                 err = bad_utf8(raw, exc)
                 record(number, [(err.field, err.code, err.detail)])
                 continue
-            try:
-                obj, end_ = scan(text, 0)
-                if end_ != len(text) and not text[end_:].isspace():
-                    obj = explain_json(text)
-            except (StopIteration, ValueError, RecursionError):
+            obj = parse(text)
+            if type(obj) is RowError:
                 if text.isspace():  # a blank line is not a row
                     total -= 1
                     continue
-                obj = explain_json(text)
-            if type(obj) is RowError:
                 record(number, [(obj.field, obj.code, obj.detail)])
                 continue
             # The common case: the normalised row ProcessDataset would write (its fast path
