@@ -5,52 +5,31 @@ from __future__ import annotations
 from services.common.admission import limiter_from_config
 from services.common.blocking import run_admitted
 from services.common.paths import resolve_allowed_path
+from services.common.protomap import message_from
 from services.common.server import ServiceRuntime, service_full_name
 from services.data.processing import ProcessReport, SplitSpec, process_file
-from services.common.dataset.validate import LengthStats, ValidationReport, validate_file
+from services.common.dataset.validate import ValidationReport, validate_file
 from wintrain.data.v1 import data_pb2, data_pb2_grpc
 
 
-def _length_stats(stats: LengthStats) -> data_pb2.LengthStats:
-    return data_pb2.LengthStats(min=stats.min, p50=stats.p50, p90=stats.p90, p99=stats.p99,
-                                max=stats.max, mean=stats.mean)
-
-
 def validation_to_proto(report: ValidationReport) -> data_pb2.ValidateDatasetResponse:
-    return data_pb2.ValidateDatasetResponse(
-        is_valid=report.is_valid,
-        total_samples=report.total_samples,
-        valid_samples=report.valid_samples,
-        invalid_samples=report.invalid_samples,
-        error_messages=report.error_messages,
-        issues=[data_pb2.DatasetIssue(line=i.line, field=i.field, code=i.code, message=i.message)
-                for i in report.issues],
-        stats=data_pb2.DatasetStats(
-            messages_per_role=report.stats.messages_per_role,
-            turns=_length_stats(report.stats.turns),
-            chars=_length_stats(report.stats.chars),
-            exact_duplicates=report.stats.exact_duplicates,
+    stats = report.stats
+    return message_from(
+        data_pb2.ValidateDatasetResponse, report,
+        issues=[message_from(data_pb2.DatasetIssue, i) for i in report.issues],
+        stats=message_from(
+            data_pb2.DatasetStats, stats,
+            turns=message_from(data_pb2.LengthStats, stats.turns),
+            chars=message_from(data_pb2.LengthStats, stats.chars),
         ),
-        errors_truncated=report.errors_truncated,
-        detected_format=report.detected_format,
-        issue_counts=report.issue_counts,
-        file_kind=report.file_kind,
     )
 
 
 def process_to_proto(report: ProcessReport) -> data_pb2.ProcessDatasetResponse:
-    return data_pb2.ProcessDatasetResponse(
+    return message_from(
+        data_pb2.ProcessDatasetResponse, report,
         output_dir=str(report.output_dir),
-        total_samples=report.total_samples,
-        kept_samples=report.kept_samples,
-        train_samples=report.train_samples,
-        val_samples=report.val_samples,
-        test_samples=report.test_samples,
-        dropped=report.dropped,
-        duplicates_removed=report.duplicates_removed,
-        files=[data_pb2.OutputFile(path=str(f.path), rows=f.rows, size_bytes=f.size_bytes) for f in report.files],
-        detected_format=report.detected_format,
-        repairs=report.repairs,
+        files=[message_from(data_pb2.OutputFile, f, path=str(f.path)) for f in report.files],
     )
 
 

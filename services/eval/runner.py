@@ -75,11 +75,14 @@ class EvalResult:
     total_samples: int
     eval_time: float
     tokens_scored: int = 0
-    skipped_samples: int = 0
-    skip_reasons: dict[str, int] = field(default_factory=dict)
+    skip_reasons: dict[str, int] = field(default_factory=dict)  # rows left out, by reason
     truncated_samples: int = 0
     per_sample_path: Path | None = None
     report_path: Path | None = None
+
+    @property
+    def skipped_samples(self) -> int:
+        return sum(self.skip_reasons.values())
 
 
 # Formats the data service converts to conversations (services.common.dataset.formats).
@@ -292,13 +295,11 @@ def _evaluate_loaded(job, config, rows, skipped, model, tokenizer, openai, wants
     if job.per_sample_path is not None:
         written = _write_per_sample(job.per_sample_path, rows, usable, per_sample)
 
-    skipped_total = sum(skipped.values())
     return EvalResult(
         metrics={k: _finite(v) for k, v in metrics.items()},
         total_samples=len(usable),
         eval_time=time.perf_counter() - started,
         tokens_scored=tokens_scored,
-        skipped_samples=skipped_total,
         skip_reasons=dict(skipped),
         truncated_samples=truncated,
         per_sample_path=written,

@@ -16,6 +16,7 @@ from services.common.blocking import run_admitted, stream_admitted
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.modeling import ModelSource, resolve_model_source
 from services.common.paths import display_path, resolve_allowed_path
+from services.common.protomap import message_from
 from services.common.server import ServiceRuntime, service_full_name
 from services.eval.runner import EvalJob, EvalResult, parse_metrics, run_evaluation
 from wintrain.eval.v1 import eval_pb2, eval_pb2_grpc
@@ -116,14 +117,8 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
 
     def _response(self, result: EvalResult) -> eval_pb2.EvaluateResponse:
         cfg = self.config
-        return eval_pb2.EvaluateResponse(
-            metrics=result.metrics,
-            total_samples=result.total_samples,
-            eval_time=result.eval_time,
-            tokens_scored=result.tokens_scored,
-            skipped_samples=result.skipped_samples,
-            skip_reasons=result.skip_reasons,
-            truncated_samples=result.truncated_samples,
+        return message_from(
+            eval_pb2.EvaluateResponse, result,
             per_sample_path=display_path(result.per_sample_path, cfg) if result.per_sample_path else "",
             report_path=display_path(result.report_path, cfg) if result.report_path else "",
         )

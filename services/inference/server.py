@@ -18,6 +18,7 @@ from services.common.metrics import TOKENS_GENERATED
 from services.common.config import Config
 from services.common.errors import InvalidArgument
 from services.common.logging_setup import request_id_var
+from services.common.protomap import message_from
 from services.common.server import ServiceRuntime, service_full_name
 from services.inference import engine
 from services.common.admission import limiter_from_config
@@ -44,16 +45,12 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> pb.Usage:
 
 
 def _model_info(entry: LoadedModel) -> pb.ModelInfo:
-    return pb.ModelInfo(
+    return message_from(
+        pb.ModelInfo, entry,
         path=entry.key,
         kind=entry.source.kind,
         base_model_path=str(entry.source.base_path) if entry.source.kind == "adapter" else "",
-        parameters=entry.parameters,
-        memory_bytes=entry.memory_bytes,
         last_used=entry.last_used_iso,
-        is_default=entry.is_default,
-        device=entry.device,
-        dtype=entry.dtype,
     )
 
 
