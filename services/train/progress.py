@@ -88,6 +88,32 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+class _Restored:
+    """What a resumed attempt takes over from the attempts before it, read from the
+    checkpoint's log_history: the train log windows' loss sum (each window's mean loss times
+    its steps), the steps they cover, and TRL's token count at the checkpoint."""
+
+    def __init__(self, loss_sum: float = 0.0, steps: int = 0, tokens: float = 0.0):
+        self.loss_sum, self.steps, self.tokens = loss_sum, steps, tokens
+
+
+def _restored_totals(log_history: list[dict[str, Any]], start_step: int) -> _Restored:
+    out, previous = _Restored(), 0
+    for entry in log_history:
+        step = int(entry.get("step", 0) or 0)
+        if step > start_step or "train_runtime" in entry or "loss" not in entry:
+            continue
+        loss = _number(entry.get("loss"))
+        if loss is not None and step > previous:
+            out.loss_sum += loss * (step - previous)
+            out.steps += step - previous
+            previous = step
+        tokens = _number(entry.get("num_tokens"))
+        if tokens is not None:
+            out.tokens = tokens
+    return out
+
+
 class ProgressCallback(TrainerCallback):
     """Writes progress into the store and `log_path`; stops the loop when asked."""
 
@@ -103,6 +129,7 @@ class ProgressCallback(TrainerCallback):
         self.main = is_main_process()
         self._t0 = self._last_t = time.monotonic()
         self._start_step = 0
+        self._restored = _Restored()
         self._last_tokens = 0.0
 
     @property
@@ -117,6 +144,39 @@ class ProgressCallback(TrainerCallback):
         with open(self.log_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
+    def _whole_run(self, state, logs: dict[str, Any]) -> None:
+        """Make a resumed attempt's figures whole-run ones, in `logs` (what the callbacks, the
+        store and `train()`'s metrics see) and in the log_history entry the Trainer just appended
+        for it (what the next checkpoint carries to a later resume).
+
+        - `num_tokens`: TRL counts from 0 in every `train()` call; the restored log_history holds
+          the count up to the checkpoint.
+        - `train_loss` (the summary): the Trainer divides the losses of this attempt's steps only
+          by the global step; it becomes the step-weighted mean of the restored log windows and
+          this attempt's steps.
+        """
+        restored = self._restored
+        changes: dict[str, float] = {}
+        tokens = _number(logs.get("num_tokens"))
+        if tokens is not None and restored.tokens:
+            changes["num_tokens"] = tokens + restored.tokens
+        if "train_runtime" in logs:
+            loss, step = _number(logs.get("train_loss")), int(state.global_step)
+            if loss is not None and self._start_step > 0 and step > 0:
+                # A checkpoint written before every save was a logging boundary may lack its last
+                # steps' losses: the mean is over the steps whose loss is known.
+                steps = restored.steps + max(step - self._start_step, 0)
+                if steps > 0:
+                    changes["train_loss"] = (restored.loss_sum + loss * step) / steps
+            if tokens is None and self._last_tokens:
+                changes["num_tokens"] = self._last_tokens
+        if not changes:
+            return
+        logs.update(changes)
+        last = state.log_history[-1] if state.log_history else None
+        if isinstance(last, dict) and last.get("step") == state.global_step and logs.keys() <= last.keys() | {"step"}:
+            last.update(changes)
+
     def _report(self, kind: str, **kwargs) -> None:
         if self.store is not None:
             self.store.report(self.task_id, self.attempt, kind, **kwargs)
@@ -125,7 +185,8 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = self._last_t = time.monotonic()
         self._start_step = state.global_step
-        self._last_tokens = 0.0
+        self._restored = _restored_totals(state.log_history, self._start_step)
+        self._last_tokens = self._restored.tokens
         if self.main:
             total = int(state.max_steps or 0)
             step = int(state.global_step)
@@ -147,10 +208,18 @@ class ProgressCallback(TrainerCallback):
             control.should_log = True
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_log = True  # the last step's loss is reported whatever logging_steps is
+        if control.should_save:
+            # Every checkpoint lies on a logging boundary (the Trainer logs before it saves in the
+            # same step): no step's loss is left unlogged in a checkpoint's log_history, and the
+            # first window after a resume is the one an uninterrupted run logs.
+            control.should_log = True
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self.main or not logs:
+        if not logs:
+            return
+        self._whole_run(state, logs)
+        if not self.main:
             return
         now = time.monotonic()
         step, total = int(state.global_step), int(state.max_steps or 0)
