@@ -25,14 +25,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 import services  # noqa: F401
+from cli.client import CliError, HttpClient
 from services.common.config import REPO_ROOT, Config, ConfigError, load_config
 from services.common.proc import die_with_parent
 
@@ -80,78 +81,6 @@ class DemoState:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-# -- HTTP ------------------------------------------------------------------------------------------
-
-class Gateway:
-    """The gateway's HTTP API with its error body turned into StepFailed."""
-
-    def __init__(self, base_url: str, headers: dict[str, str], verify: Any = True):
-        self.base_url = base_url.rstrip("/")
-        self.client = httpx.Client(base_url=self.base_url, headers=headers, verify=verify,
-                                   timeout=httpx.Timeout(30.0, read=3600.0))
-
-    def close(self) -> None:
-        self.client.close()
-
-    @staticmethod
-    def _error(resp: httpx.Response) -> StepFailed:
-        try:
-            body = resp.json()
-        except ValueError:
-            return StepFailed(f"HTTP {resp.status_code}: {resp.text[:300]}")
-        if not isinstance(body, dict):
-            return StepFailed(f"HTTP {resp.status_code}: {body!r:.300}")
-        text = f"HTTP {resp.status_code} {body.get('code', '')}: {body.get('message', '')}".replace("  ", " ")
-        fields = [f"{d.get('field')}: {d.get('description')}" for d in body.get("details") or []
-                  if isinstance(d, dict) and d.get("field") and d.get("field") not in text]
-        return StepFailed(text + (f" [{'; '.join(fields)}]" if fields else ""))
-
-    def request(self, method: str, path: str, **kwargs) -> Any:
-        try:
-            resp = self.client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise StepFailed(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code >= 400:
-            raise self._error(resp)
-        return resp.json()
-
-    def envelope(self, method: str, path: str, **kwargs) -> Any:
-        """An endpoint answering {success, message, data, timestamp}: its data."""
-        body = self.request(method, path, **kwargs)
-        if not isinstance(body, dict) or "data" not in body or "success" not in body:
-            raise StepFailed(f"{path}: expected the response envelope, got {str(body)[:200]}")
-        return body
-
-    def sse(self, method: str, path: str, **kwargs) -> Iterator[dict]:
-        """The events of a Server-Sent Events endpoint, until `[DONE]`. An error event raises."""
-        try:
-            with self.client.stream(method, path, **kwargs) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise self._error(resp)
-                for line in resp.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        return
-                    event = json.loads(payload)
-                    if isinstance(event, dict) and "error" in event:
-                        err = event["error"] if isinstance(event["error"], dict) else {"message": event["error"]}
-                        raise StepFailed(f"stream error {err.get('code', '')}: {err.get('message', err)}")
-                    yield event
-        except httpx.HTTPError as exc:
-            raise StepFailed(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-        raise StepFailed(f"{path}: the event stream ended without [DONE]")
-
-    def healthy(self) -> bool:
-        try:
-            resp = self.client.get("/health", timeout=3)
-            return resp.status_code == 200 and resp.json().get("status") == "healthy"
-        except (httpx.HTTPError, ValueError):
-            return False
-
-
 # -- starting the services ------------------------------------------------------------------------
 
 def _seed_dataset(config: Config) -> None:
@@ -176,7 +105,7 @@ def _seed_model(config: Config, console: Console) -> None:
 class LocalStack:
     """`python -m services.common.launcher` as a child process, stopped by `stop()`."""
 
-    def __init__(self, gateway: Gateway, log_dir: Path, console: Console):
+    def __init__(self, gateway: HttpClient, log_dir: Path, console: Console):
         self.gateway, self.log_dir, self.console = gateway, log_dir, console
         self.proc: subprocess.Popen | None = None
 
@@ -211,7 +140,7 @@ class LocalStack:
 # -- the demo --------------------------------------------------------------------------------------
 
 class Demo:
-    def __init__(self, gw: Gateway, config: Config, profile: Profile, console: Console, run_dir: str):
+    def __init__(self, gw: HttpClient, config: Config, profile: Profile, console: Console, run_dir: str):
         self.gw, self.config, self.p, self.console = gw, config, profile, console
         self.state = DemoState(run_dir=run_dir)
         self.results: list[StepResult] = []
@@ -238,11 +167,13 @@ class Demo:
             result.ok = True
         except StepFailed as exc:
             result.ok, result.facts = False, str(exc)
+        except CliError as exc:  # the gateway refused or could not be reached
+            result.ok, result.facts = False, exc.line()
         except (KeyError, TypeError, ValueError) as exc:  # an answer without the documented shape
             result.ok, result.facts = False, f"unexpected answer: {type(exc).__name__}: {exc}"
         result.seconds = time.perf_counter() - started
         mark = "[green]✔[/]" if result.ok else "[red]✘[/]"
-        self.console.print(f"{mark} {name} ({result.seconds:.1f}s): {result.facts}", markup=True)
+        self.console.print(f"{mark} {name} ({result.seconds:.1f}s): {escape(result.facts)}", markup=True)
         return bool(result.ok)
 
     # 1 -----------------------------------------------------------------------------------------
@@ -474,12 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.config:
         os.environ["WINTRAIN_CONFIG"] = os.path.abspath(args.config)
-    from services.common.auth import client_metadata, gateway_url, https_verify
-
-    headers = {k.title(): v for k, v in client_metadata(config)}
-    url = args.url or gateway_url(config)
-    verify = https_verify(config)
-    gw = Gateway(url, headers, verify)
+    gw = HttpClient(config, args.url)
+    url = gw.base_url
     run_name = args.run_name or time.strftime("demo-%Y%m%d-%H%M%S")
     stack: LocalStack | None = None
     started = time.perf_counter()
@@ -498,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"Win-Train is up ({time.perf_counter() - started:.0f}s)")
         profile = QUICK if args.quick else FULL
         ok = Demo(gw, config, profile, console, f"demos/{run_name}").run()
-    except StepFailed as exc:
-        console.print(f"[red]demo: {exc}[/]")
+    except (StepFailed, CliError) as exc:
+        console.print(f"[red]demo: {escape(exc.line() if isinstance(exc, CliError) else str(exc))}[/]")
         ok = False
     except KeyboardInterrupt:
         console.print("[red]demo interrupted[/]")

@@ -17,12 +17,11 @@ import grpc
 
 from cli import chat as chat_cmd
 from cli import train as train_cmd
-from cli.client import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, Clients
+from cli.client import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, Clients, HttpClient
 from cli.client import __doc__ as EXIT_CODES_DOC
 from cli.output import Output, fmt_bytes, fmt_num
 from cli.paths import to_workspace
 from services.common.config import SERVICE_NAMES, ConfigError, load_config
-from services.common.auth import gateway_url, https_verify
 from wintrain.data.v1 import data_pb2
 from wintrain.eval.v1 import eval_pb2
 from wintrain.export.v1 import export_pb2
@@ -42,19 +41,18 @@ def cmd_status(args, clients: Clients, out: Output) -> int:
         state = probe(clients.channel(name), timeout=args.timeout or 3)
         report[name] = {"address": clients.address(name),
                         "status": "UNREACHABLE" if state in UNREACHABLE_CODES else state}
-    url = gateway_url(clients.config)
+    http = HttpClient(clients.config)
+    url = http.base_url
     gateway = {"address": url, "status": "UNREACHABLE"}
     try:
-        import httpx
-
-        verify = https_verify(clients.config)
-        resp = httpx.get(url + "/health", timeout=args.timeout or 3, verify=verify)
-        body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
-        gateway["status"] = "SERVING" if resp.status_code == 200 and body.get("status") == "healthy" \
-            else f"HTTP {resp.status_code} {body.get('status', '')}".strip()
+        code, body = http.health(timeout=args.timeout or 3)
+        gateway["status"] = "SERVING" if code == 200 and body.get("status") == "healthy" \
+            else f"HTTP {code} {body.get('status', '')}".strip()
         gateway["health"] = body
     except Exception as exc:  # noqa: BLE001 - any transport failure means "not reachable"
         gateway["error"] = str(exc) or type(exc).__name__
+    finally:
+        http.close()
     healthy = all(v["status"] == "SERVING" for v in report.values()) and gateway["status"] == "SERVING"
     if out.json:
         out.data({"healthy": healthy, "services": report, "gateway": gateway})
