@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.config import Config
 from services.common.auth import check_bind_allowed, grpc_auth_guard, load_api_keys, tls_server_files
-from services.common.errors import ServiceError, Unavailable
+from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.common.metadata import REQUEST_ID_KEY
 from services.common.reflection import enable_reflection
 from services.common.proto_defaults import DefaultLimits, apply_request_defaults
@@ -46,6 +46,33 @@ def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
         if item.key == key:
             return item.value if isinstance(item.value, str) else item.value.decode()
     return ""
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """What a call gets in place of request bytes that do not parse as its message type."""
+
+    type_name: str
+
+
+def _tolerant_deserializer(deserializer):
+    """`deserializer`, but bytes that do not parse (garbage, bad UTF-8 in a string field) give an
+    `UndecodableRequest` instead of raising: grpc would answer a raising deserializer with
+    UNKNOWN, while the interceptor refuses it with INVALID_ARGUMENT naming `request` (after the
+    auth guard, so an unauthenticated caller learns nothing)."""
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", None) or "request"
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - DecodeError and whatever a parser raises on bad bytes
+            return UndecodableRequest(type_name)
+
+    return deserialize
 
 
 # A check run before each guarded call: raise a ServiceError to refuse it (auth lives here).
@@ -76,16 +103,17 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        deserializer = _tolerant_deserializer(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -115,6 +143,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         code = "OK"
         try:
             await self._begin(method, context)
+            if isinstance(request, UndecodableRequest):
+                raise InvalidArgument.for_field("request", f"not a valid {request.type_name} message")
             if isinstance(request, Message):
                 apply_request_defaults(request, self.default_limits)
             yield
