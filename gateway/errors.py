@@ -31,6 +31,11 @@ HTTP_STATUS = {
 }
 
 
+# Seconds a refused caller is told to wait (`Retry-After` on every 429, added by the
+# middleware): overload refusals are immediate and short-lived, so one second.
+RETRY_AFTER_SECONDS = 1
+
+
 def http_status(code: str) -> int:
     """HTTP status of a canonical gRPC code name (UNKNOWN, INTERNAL, DATA_LOSS…: 500)."""
     return HTTP_STATUS.get(code, 500)

@@ -1,7 +1,8 @@
 """The one middleware every gateway request passes through (pure ASGI, so streams stay
 streams): request id in and out, a log line per request (DEBUG when it succeeded, INFO for
 4xx, WARNING for 5xx), and `RequestHooks`, the single extension point for authentication
-(an `Authorization: Bearer` check) and metrics (Prometheus counters and latency histograms).
+(an `Authorization: Bearer` check) and metrics (Prometheus counters and latency histograms),
+and `Retry-After` on every 429.
 No auth is enforced by default.
 """
 
@@ -15,10 +16,14 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import RETRY_AFTER_SECONDS
 from services.common.logging_setup import new_request_id, request_id_var
 from services.common.metadata import REQUEST_ID_KEY
 
 log = logging.getLogger("wintrain.gateway")
+# Every 429, whoever answers it (a backend's RESOURCE_EXHAUSTED, a stream refused before its
+# first event, the OpenAI routes), says when to come back.
+_RETRY_AFTER = str(RETRY_AFTER_SECONDS).encode("ascii")
 # gRPC metadata values must be printable ASCII; anything else gets a fresh id.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 
@@ -60,7 +65,11 @@ class GatewayMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_KEY.encode("ascii"), raw_id)]
+                extra = [(REQUEST_ID_KEY.encode("ascii"), raw_id)]
+                given = message.get("headers", [])
+                if message["status"] == 429 and not any(k.lower() == b"retry-after" for k, _ in given):
+                    extra.append((b"retry-after", _RETRY_AFTER))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:

@@ -1,5 +1,10 @@
 """Prometheus metrics shared by every process. Each service serves them on
-`services.<name>.metrics_port` (null: off; 0: a free port), the gateway on `/metrics`."""
+`services.<name>.metrics_port` (null: off; 0: a free port), the gateway on `/metrics`.
+
+The services' metrics endpoint has no authentication. It listens on
+`services.<name>.metrics_host` when set; otherwise on the service host when no API keys are
+configured, and on 127.0.0.1 when they are (so keys on the RPCs are not gone around by
+scraping an open port: a scraper on another host needs `metrics_host` set explicitly)."""
 
 from __future__ import annotations
 
@@ -27,6 +32,18 @@ def rpc_observer(service: str):
         RPC_LATENCY.labels(service, short).observe(seconds)
 
     return observe
+
+
+def metrics_bind_host(config, name: str) -> str:
+    """Where service `name` serves /metrics (see the module doc)."""
+    from services.common.auth import load_api_keys
+
+    explicit = config.get(f"services.{name}.metrics_host")
+    if explicit:
+        return str(explicit)
+    if load_api_keys(config):
+        return "127.0.0.1"
+    return str(config.get(f"services.{name}.host", "127.0.0.1"))
 
 
 def start_metrics_server(port: int | None, host: str = "127.0.0.1") -> int | None:

@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -28,7 +29,7 @@ from services.common.metadata import REQUEST_ID_KEY
 from services.common.reflection import enable_reflection
 from services.common.proto_defaults import DefaultLimits, apply_request_defaults
 from services.common.rpc_status import rich_status, to_grpc_status  # noqa: F401 - rich_status re-exported
-from services.common.metrics import RPC_STREAMS_OPEN, rpc_observer, start_metrics_server
+from services.common.metrics import RPC_STREAMS_OPEN, metrics_bind_host, rpc_observer, start_metrics_server
 from services.common.logging_setup import new_request_id, request_id_var, setup_logging
 
 log = logging.getLogger("wintrain.server")
@@ -276,6 +277,40 @@ class ServiceRuntime:
                 await result
 
 
+class BindError(OSError):
+    """A listening port that cannot be had; the message names the setting and the address
+    (`services.data.metrics_port 127.0.0.1:9101: address already in use`)."""
+
+
+def _bind_failure(setting: str, host: str, port: Any, exc: BaseException | None = None) -> BindError:
+    reason = "cannot bind"
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror[:1].lower() + exc.strerror[1:]
+    return BindError(f"{setting} {host}:{port}: {reason}")
+
+
+def check_port_free(host: str, port: Any, setting: str) -> None:
+    """Raise BindError when no address `host` resolves to can listen on `port` now, before
+    grpc tries (it answers only "Failed to bind", after a C-level log line). Port 0: nothing
+    to check."""
+    if port in (None, 0, "0"):
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, ValueError) as exc:
+        raise _bind_failure(setting, host, port, exc) from exc
+    last: OSError | None = None
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return
+            except OSError as exc:
+                last = exc
+    raise _bind_failure(setting, host, port, last)
+
+
 # A service module provides: register(runtime) -> list of full service names it added.
 Register = Callable[[ServiceRuntime], list[str]]
 
@@ -295,6 +330,8 @@ def create_server(
     bind_host = host or config.get(f"services.{name}.host", "127.0.0.1")
     keys = load_api_keys(config)
     check_bind_allowed(bind_host, f"services.{name}.host", config, keys)
+    bind_port = config.get(f"services.{name}.port") if port is None else port
+    check_port_free(bind_host, bind_port, f"services.{name}.port")
     max_bytes = int(config.get("server.max_message_bytes", 64 * 1024 * 1024))
     interceptor = RuntimeInterceptor(guards=[grpc_auth_guard(keys), *(guards or [])],
                                      observers=[rpc_observer(name)], service=name)
@@ -312,16 +349,18 @@ def create_server(
                              interceptor=interceptor)
     runtime.service_names = list(register(runtime))
     enable_reflection([*runtime.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
-    bind_port = config.get(f"services.{name}.port") if port is None else port
     tls = tls_server_files(config)
-    if tls is not None:
-        cert, key = tls
-        credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-        bound = server.add_secure_port(f"{bind_host}:{bind_port}", credentials)
-    else:
-        bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
+    try:
+        if tls is not None:
+            cert, key = tls
+            credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+            bound = server.add_secure_port(f"{bind_host}:{bind_port}", credentials)
+        else:
+            bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
+    except RuntimeError as exc:  # grpc's "Failed to bind to address" (taken since the check)
+        raise _bind_failure(f"services.{name}.port", bind_host, bind_port) from exc
     if bound == 0:
-        raise OSError(f"services.{name}: cannot bind {bind_host}:{bind_port}")
+        raise _bind_failure(f"services.{name}.port", bind_host, bind_port)
     runtime.port = bound
     return runtime, bound
 
@@ -329,9 +368,21 @@ def create_server(
 async def serve(config: Config, name: str, register: Register) -> None:
     """Run service `name` until SIGTERM or SIGINT, then drain and return."""
     runtime, port = create_server(config, name, register)
-    await runtime.start()
-    metrics_port = start_metrics_server(config.get(f"services.{name}.metrics_port"),
-                                        config.get(f"services.{name}.host", "127.0.0.1"))
+    metrics_host = metrics_bind_host(config, name)
+    metrics_setting = f"services.{name}.metrics_port"
+    try:
+        if config.get(metrics_setting) is not None:
+            check_bind_allowed(metrics_host, f"services.{name}.metrics_host", config, load_api_keys(config))
+        try:
+            metrics_port = start_metrics_server(config.get(metrics_setting), metrics_host)
+        except OSError as exc:
+            raise _bind_failure(metrics_setting, metrics_host, config.get(metrics_setting), exc) from exc
+        await runtime.start()
+    except BaseException:
+        # Stop the never-started server inside the loop, so nothing is left for its finalizer
+        # to schedule on a closed loop ("Event loop is closed" at exit).
+        await runtime.server.stop(None)
+        raise
     log.info("serving", extra={"port": port, "metrics_port": metrics_port,
                                 "services": ",".join(runtime.service_names)})
     stop = asyncio.Event()
@@ -381,7 +432,7 @@ def run_service(name: str, register: Register) -> None:
         print(f"wintrain-{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     except OSError as exc:
-        log.error("cannot start: %s", exc)
+        print(f"wintrain-{name}: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc
 
 

@@ -3,7 +3,6 @@ its ports (issue 15, "Tests that hold it"): real servers, real processes, raw by
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -72,3 +71,72 @@ def test_well_formed_bytes_still_reach_the_method(data_server):
     answer = _unary(data_server.channel(), "/grpc.health.v1.Health/Check",
                     health_pb2.HealthCheckRequest(service="").SerializeToString())
     assert health_pb2.HealthCheckResponse.FromString(answer).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _run_data_service(tmp_path: Path, overrides: dict) -> subprocess.CompletedProcess:
+    from tests.support import service_env
+
+    env = service_env({"services.data.host": "127.0.0.1", "storage.workspace": str(tmp_path / "ws"),
+                       "logging.level": "INFO", **overrides})
+    return subprocess.run([sys.executable, "-m", "services.data"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("setting", ["port", "metrics_port"])
+def test_a_port_in_use_names_address_and_setting_and_exits_1(tmp_path, setting):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        ports = {"port": free_port(), "metrics_port": free_port(), setting: busy}
+        result = _run_data_service(tmp_path, {f"services.data.{k}": v for k, v in ports.items()})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr, result.stderr
+    expected = f"services.data.{setting} 127.0.0.1:{busy}: address already in use"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"wintrain-data: {expected}"], result.stderr
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("metrics_host, public_metrics", [(None, False), ("0.0.0.0", True)],
+                         ids=["keys-default-loopback", "explicit-metrics-host"])
+def test_metrics_listen_on_loopback_when_api_keys_are_configured(tmp_path, metrics_host, public_metrics):
+    """The service listens on all addresses (keys configured); its unauthenticated /metrics
+    only on 127.0.0.1 unless services.data.metrics_host says otherwise. 127.0.0.2 stands for
+    "another address of this host": reachable for a 0.0.0.0 listener, refused for 127.0.0.1."""
+    import urllib.request
+
+    from tests.support import service_env, start_process, wait_for_health
+
+    port, metrics_port = free_port(), free_port()
+    overrides = {"services.data.host": "0.0.0.0", "services.data.port": port,
+                 "services.data.metrics_port": metrics_port, "storage.workspace": str(tmp_path / "ws")}
+    if metrics_host is not None:
+        overrides["services.data.metrics_host"] = metrics_host
+    env = service_env(overrides)
+    env["WINTRAIN_API_KEYS"] = "hostile-test-key"
+    proc = start_process([sys.executable, "-m", "services.data"], env, tmp_path / "data.log")
+    try:
+        wait_for_health(f"127.0.0.2:{port}", timeout=60)  # the RPCs are on every address
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
+            assert b"wintrain_rpc_requests_total" in answer.read()
+        assert _reachable("127.0.0.2", metrics_port) is public_metrics
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_metrics_host_without_keys_on_a_public_address_is_refused(tmp_path):
+    result = _run_data_service(tmp_path, {"services.data.port": free_port(),
+                                          "services.data.metrics_port": free_port(),
+                                          "services.data.metrics_host": "0.0.0.0"})
+    assert result.returncode == 2, result.stderr
+    assert "services.data.metrics_host='0.0.0.0' is not a loopback address" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr

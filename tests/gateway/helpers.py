@@ -202,6 +202,8 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         last = request.messages[-1].content if request.messages else ""
         if last == "fail-first":
             raise InvalidArgument.for_field("messages[0].content", "refused")
+        if last == "busy-first":
+            raise ResourceExhausted("generation queue is full")
         if last == "slow-start":
             self.state.stream_started.set()
             try:
