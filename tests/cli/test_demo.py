@@ -28,12 +28,39 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.fixture
+def default_ports_taken():
+    """Listeners on every default port of config.yaml (gRPC, gateway, metrics), as a Win-Train
+    already running on this machine would hold them: the test must not need any of them."""
+    from contextlib import ExitStack
+
+    from services.common.config import load_config
+
+    defaults = load_config(env={})
+    ports = [defaults.get("api.port")]
+    for name in SERVICE_NAMES:
+        ports += [defaults.get(f"services.{name}.port"), defaults.get(f"services.{name}.metrics_port")]
+    with ExitStack() as stack:
+        for port in filter(None, ports):
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", int(port)))
+                sock.listen(1)
+            except OSError:
+                pass  # held by something else already, which serves the purpose as well
+        yield
+
+
+@pytest.mark.usefixtures("default_ports_taken")
 def test_quick_demo_starts_everything_itself_then_wintrain_up_and_status(tmp_path, tiny_model_dir):
     ws = tmp_path / "ws"
     model = ws / "models" / "tiny-chat"
     shutil.copytree(tiny_model_dir, model)  # the dataset is seeded by the demo itself
     ports = {name: free_port() for name in SERVICE_NAMES}
     overrides = {f"services.{name}.port": port for name, port in ports.items()}
+    # Hermetic: a Win-Train on the default ports (metrics 9101-9105 included) must not matter.
+    metrics_ports = {f"{name} metrics": free_port() for name in SERVICE_NAMES}
+    overrides.update({f"services.{name.split()[0]}.metrics_port": port for name, port in metrics_ports.items()})
     overrides.update({"api.port": free_port(), "storage.workspace": str(ws), "storage.allowed_roots": [str(ws)],
                       "model.base_model_path": str(model), "inference.auto_load": False,
                       "server.grace_seconds": 3})
@@ -54,7 +81,8 @@ def test_quick_demo_starts_everything_itself_then_wintrain_up_and_status(tmp_pat
         assert (demo_dir / "data" / name).is_file()
     assert (demo_dir / "adapter" / "adapter_config.json").is_file()
     assert any((demo_dir / "onnx").rglob("*.onnx"))
-    still_up = [name for name, port in [*ports.items(), ("gateway", overrides["api.port"])] if _listening(port)]
+    still_up = [name for name, port in [*ports.items(), *metrics_ports.items(), ("gateway", overrides["api.port"])]
+                if _listening(port)]
     assert not still_up, f"the demo left these running: {still_up}"
 
     # 2. `wintrain up` (what `make run` does), `wintrain status`, and a clean stop
