@@ -30,10 +30,18 @@ def main() -> int:
         print(f"wintrain-gateway: {exc}", file=sys.stderr)
         return 2
     tls = {"ssl_certfile": str(files[0]), "ssl_keyfile": str(files[1])} if files else {}
+    port = int(config.get("api.port", 8801))
+    try:  # a port that cannot be had: one line naming the setting, exit 1 (as the services do)
+        from services.common.server import check_port_free
+
+        check_port_free(host, port, "api.port")
+    except OSError as exc:
+        print(f"wintrain-gateway: {exc}", file=sys.stderr)
+        return 1
     server = _quiet_server(uvicorn.Config(
         app,
         host=host,
-        port=int(config.get("api.port", 8801)),
+        port=port,
         log_config=None,  # our JSON logging
         access_log=False,  # the gateway middleware logs each request
         timeout_graceful_shutdown=float(config.get("server.grace_seconds", 10)),

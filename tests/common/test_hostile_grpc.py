@@ -140,3 +140,19 @@ def test_metrics_host_without_keys_on_a_public_address_is_refused(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "services.data.metrics_host='0.0.0.0' is not a loopback address" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_gateway_port_in_use_names_address_and_setting_and_exits_1(tmp_path):
+    from tests.support import service_env
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        env = service_env({"api.host": "127.0.0.1", "api.port": busy, "storage.workspace": str(tmp_path / "ws")})
+        result = subprocess.run([sys.executable, "-m", "gateway"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"wintrain-gateway: api.port 127.0.0.1:{busy}: address already in use"], result.stderr
