@@ -98,7 +98,7 @@ def eval_models(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0,
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                             task_type="CAUSAL_LM"))
-    train_plain(lora, tokenizer, facts, steps=25, lr=1e-2)
+    train_plain(lora, tokenizer, facts, steps=25, lr=5e-3)  # 1e-2 diverged at step 22 on some CPUs
     lora.save_pretrained(adapter, safe_serialization=True)
     cfg_path = adapter / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
