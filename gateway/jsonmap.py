@@ -21,6 +21,7 @@ import difflib
 import math
 import re
 from typing import Any, Iterator
+from urllib.parse import quote
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -57,12 +58,14 @@ def collect_ignored() -> Iterator[list[str]]:
 
 
 def note_ignored(path: str, key: str, known) -> None:
-    """Record an ignored key (no-op outside `collect_ignored`)."""
+    """Record an ignored key (no-op outside `collect_ignored`), percent-encoded so that CR/LF,
+    NUL, spaces, non-ASCII and the empty name (`""`) stay visible and header-safe."""
     sink = _IGNORED.get()
     if sink is None:
         return
+    shown = quote(path, safe="._[]-") or '""'
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
-    sink.append(f"{path} (did you mean {close[0]}?)" if close else path)
+    sink.append(f"{shown} (did you mean {close[0]}?)" if close else shown)
 
 
 class JsonInputError(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from google.protobuf.message import Message
 from starlette.responses import Response
@@ -31,12 +32,13 @@ def error_response(err: GatewayError) -> Response:
 
 def ignored_header(ignored: list[str]) -> dict[str, str]:
     """The header naming request keys the API does not know (ignored, as the original API did),
-    ASCII-safe and bounded."""
+    bounded. The names arrive percent-encoded (`jsonmap.note_ignored`); anything else outside
+    printable ASCII is percent-encoded here too, so the header can never break the answer."""
     if not ignored:
         return {}
     shown = ignored[:20] + ([f"... {len(ignored) - 20} more"] if len(ignored) > 20 else [])
     text = ", ".join(item[:200] for item in shown)
-    return {IGNORED_FIELDS_HEADER: text.encode("ascii", "backslashreplace").decode("ascii")}
+    return {IGNORED_FIELDS_HEADER: "".join(c if " " <= c <= "~" else quote(c) for c in text).strip()}
 
 
 def with_ignored(response: Response, ignored: list[str]) -> Response:

@@ -100,17 +100,29 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MAX_JSON_DEPTH = 64
+
+
 def parse_json_object(raw: bytes) -> dict:
     if not raw.strip():
         return {}
     try:
         data = json.loads(raw)
+    except RecursionError as exc:
+        raise GatewayError.invalid([("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")]) from exc
     except UnicodeDecodeError as exc:
         raise GatewayError.invalid([("body", f"not UTF-8 text: {exc.reason}")]) from exc
     except json.JSONDecodeError as exc:
         raise GatewayError.invalid([("body", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")]) from exc
     if not isinstance(data, dict):
         raise GatewayError.invalid([("body", "must be a JSON object")])
+    stack = [(data, 1)]
+    while stack:  # iterative: later passes over the request recurse, so bound the depth here
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise GatewayError.invalid([("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")])
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return data
 
 
