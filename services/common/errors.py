@@ -13,9 +13,26 @@ class ServiceError(Exception):
     code = "INTERNAL"
 
     def __init__(self, message: str, field_violations: list[tuple[str, str]] | None = None):
+        message = bounded(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
-        self.field_violations: list[tuple[str, str]] = list(field_violations or [])
+        self.field_violations: list[tuple[str, str]] = [
+            (bounded(f, MAX_VIOLATION_BYTES), bounded(d, MAX_VIOLATION_BYTES)) for f, d in field_violations or []]
+
+
+# The message travels in gRPC trailers twice (grpc-message, percent-encoded, and the rich status),
+# under gRPC's 8 KiB metadata limit: a longer one fails the call with RESOURCE_EXHAUSTED instead.
+MAX_MESSAGE_BYTES = 1000
+MAX_VIOLATION_BYTES = 300
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` if its UTF-8 form fits `limit` bytes, else its head and tail around a marker
+    naming the length (an echoed 10,000-character id must not blow the trailers)."""
+    if len(text.encode("utf-8")) <= limit:
+        return text
+    keep = max(1, (limit - 40) // 16)  # head 3*keep, tail keep characters of ≤ 4 bytes, marker ≤ 40
+    return f"{text[:keep * 3]}…[{len(text)} characters]…{text[-keep:]}"
 
 
 class InvalidArgument(ServiceError):

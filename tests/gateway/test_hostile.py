@@ -63,3 +63,34 @@ def test_deeply_nested_json_on_openai_route_is_400_in_openai_shape(gateway):
         assert error["param"] == "body" and "nested deeper" in error["message"]
     finally:
         conn.close()
+
+
+def test_ten_thousand_character_task_id_is_not_found_over_grpc_and_404_over_http(base_config):
+    """Issue 15 item 7: the NOT_FOUND message echoes the id; unbounded, it exceeded gRPC's 8 KiB
+    metadata limit and the call failed with RESOURCE_EXHAUSTED (429, which invites retries)."""
+    import grpc
+
+    from services.common.rpc_status import decode_rpc_error
+    from services.train.server import register
+    from tests.gateway.helpers import gateway_over
+    from tests.support import InProcessServer
+    from wintrain.train.v1 import train_pb2, train_pb2_grpc
+
+    long_id = "t" * 10_000
+    with InProcessServer(base_config, "train", register) as train:
+        with grpc.insecure_channel(f"127.0.0.1:{train.port}") as channel:
+            stub = train_pb2_grpc.TrainServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetTrainingStatus(train_pb2.GetTrainingStatusRequest(task_id=long_id), timeout=10)
+            failure = decode_rpc_error(info.value)
+            assert failure.code == "NOT_FOUND", failure
+            assert len(failure.message.encode()) <= 1000 and "characters]" in failure.message
+        with gateway_over(base_config, {"train": train}) as gw:
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+            try:
+                conn.request("GET", f"/api/train/status/{long_id}")
+                response = conn.getresponse()
+                body = json.loads(response.read())
+                assert response.status == 404 and body["code"] == "NOT_FOUND", body
+            finally:
+                conn.close()
