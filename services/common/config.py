@@ -62,6 +62,9 @@ _CHOICES = {
     "logging.level": {"DEBUG", "INFO", "WARNING", "ERROR"},
 }
 _PORT_KEYS = {"api.port"} | {f"services.{name}.port" for name in SERVICE_NAMES}
+# Host names or addresses: strings. An unquoted IPv6 address in YAML (`::`, `::1`) is not one
+# (`::` parses as a mapping), so it is refused naming the key rather than crashing later.
+_HOST_KEYS = {"api.host"} | {f"services.{name}.{leaf}" for name in SERVICE_NAMES for leaf in ("host", "metrics_host")}
 
 
 class Config:
@@ -129,6 +132,11 @@ class Config:
             for leaf in ("host", "port"):
                 if self.get(f"services.{name}.{leaf}") is None:
                     raise ConfigError(f"config: services.{name}.{leaf} is required but not set")
+        for key in sorted(_HOST_KEYS):
+            value = self.get(key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"config: {key} must be a host name or address as a string "
+                                  f"(quote an IPv6 address: '::'), got {value!r}")
         for key in sorted(_INT_KEYS):
             value = self.get(key)
             if value is None:

@@ -41,6 +41,8 @@ def test_environment_overrides_any_key():
     ({"WINTRAIN__SERVER__GRACE_SECONDS": "-1"}, "server.grace_seconds"),
     ({"WINTRAIN__MODEL__TORCH_THREADS": "0"}, "model.torch_threads"),
     ({"WINTRAIN__TRAIN__WORKER_THREADS": "two"}, "train.worker_threads"),
+    ({"WINTRAIN__SERVICES__DATA__HOST": "::"}, "services.data.host"),  # unquoted IPv6: a YAML mapping
+    ({"WINTRAIN__API__HOST": "[]"}, "api.host"),
 ])
 def test_bad_value_fails_naming_the_key(env, needle):
     with pytest.raises(ConfigError) as err:
@@ -92,3 +94,17 @@ def test_torch_threads_null_leaves_torch_alone():
     assert cfg.get("model.torch_threads") is None
     from services.common.server import apply_torch_threads
     assert apply_torch_threads(cfg) is None
+
+
+def test_quoted_ipv6_host_is_accepted():
+    cfg = load_config(REPO_ROOT / "config.yaml", env={"WINTRAIN__SERVICES__DATA__HOST": "'::'"})
+    assert cfg.get("services.data.host") == "::"
+
+
+def test_service_process_names_an_unquoted_ipv6_host():
+    env = {"WINTRAIN__SERVICES__DATA__HOST": "::", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", "from services.common.server import run_service; "
+                           "run_service('data', lambda rt: [])"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "services.data.host" in proc.stderr and "Traceback" not in proc.stderr
