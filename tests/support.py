@@ -152,6 +152,16 @@ def service_env(config_overrides: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass; the last answer counts."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
 def wait_for_health(address: str, timeout: float = 60.0, service: str = "") -> None:
     """Block until the gRPC health check at `address` answers SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -15,6 +15,7 @@ from services.common.blocking import StopFlag, run_admitted, stream_admitted
 from services.common.config import ConfigError
 from services.common.errors import ResourceExhausted
 from services.common.logging_setup import request_id_var
+from tests.support import wait_until
 
 
 def _run(coro):
@@ -22,12 +23,7 @@ def _run(coro):
 
 
 def _wait_until(predicate, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+    return wait_until(predicate, timeout, 0.01)
 
 
 def test_success_returns_and_frees_the_slot():

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from services.data.processing import SPLIT_FILES, SplitSpec, process_file
-from tests.support import free_port, service_env, start_process, wait_for_health
+from tests.support import free_port, service_env, start_process, wait_for_health, wait_until
 from wintrain.data.v1 import data_pb2, data_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -79,12 +79,7 @@ class _Service:
 
 
 def _wait_for(check, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.002)
-    return False
+    return wait_until(check, timeout, 0.002)
 
 
 def _staged(out: Path, name: str | None):

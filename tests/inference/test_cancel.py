@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.inference.conftest import chat, inference_server
+from tests.support import wait_until
 from wintrain.inference.v1 import inference_pb2 as pb
 
 LONG = dict(max_tokens=1000, min_tokens=1000, temperature=0)  # cannot end early on its own
@@ -21,12 +22,7 @@ def _tokens_counted() -> float:
 
 
 def _wait(predicate, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+    return wait_until(predicate, timeout, 0.01)
 
 
 def test_a_unary_chat_whose_client_leaves_stops_and_frees_its_slot(config):

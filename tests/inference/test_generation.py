@@ -11,7 +11,7 @@ import pytest
 from services.common.rpc_status import decode_rpc_error
 from tests.inference.conftest import CHINESE_ANSWER, CHINESE_PROMPT, chat, inference_server
 from tests.inference.test_registry import make_adapter
-from tests.support import make_config
+from tests.support import make_config, wait_until
 from wintrain.inference.v1 import inference_pb2 as pb
 
 PROMPTS = ["你好", "What is the capital of Zorbia?", "讲一个故事", "Tell me about cats.", "天气怎么样", "Why is the sky blue?"]
@@ -168,13 +168,8 @@ def test_the_model_context_bounds_the_prompt_and_the_answer(config, tiny_model_d
         assert reply.finish_reason == "length" and reply.usage.total_tokens == 1024
 
 
-def _wait(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+def _wait(predicate, timeout: float = 10.0) -> bool:
+    return wait_until(predicate, timeout, 0.02)
 
 
 def test_cancelling_a_stream_stops_generation_and_frees_the_slot(config):
