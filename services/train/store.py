@@ -28,10 +28,13 @@ from services.common.config import ConfigError
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED = (
     "pending", "running", "completed", "failed", "cancelled", "interrupted")
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED)
-TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, INTERRUPTED})
+# Paused (PauseTraining): the worker saved a checkpoint and exited; an end state that
+# ResumeTraining continues, like cancelled and interrupted.
+PAUSED = "paused"
+STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED, PAUSED)
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, INTERRUPTED, PAUSED})
 LIVE = frozenset({PENDING, RUNNING})
-RESUMABLE = frozenset({FAILED, CANCELLED, INTERRUPTED})
+RESUMABLE = frozenset({FAILED, CANCELLED, INTERRUPTED, PAUSED})
 
 EVENT_STATUS, EVENT_PROGRESS, EVENT_EVAL, EVENT_CHECKPOINT = "status", "progress", "eval", "checkpoint"
 EVENT_KINDS = (EVENT_STATUS, EVENT_PROGRESS, EVENT_EVAL, EVENT_CHECKPOINT)
