@@ -25,6 +25,7 @@ Either one:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextvars
 import logging
@@ -56,7 +57,13 @@ class AdmittedCall:
         self._stop_arg, self._progress_arg = stop, progress
         self._on_cancel, self._timeout, self._context = cancel, timeout, context
         self._future: concurrent.futures.Future | None = None
-        self._queue: asyncio.Queue | None = None
+        # Progress events: appended by the worker thread, taken by the event loop. The loop is
+        # woken once per batch of events (not once per event): a per-token call_soon_threadsafe
+        # and queue future cost a stream ~1 ms per token.
+        self._queue: collections.deque | None = None
+        self._queue_lock = threading.Lock()
+        self._wake_pending = False
+        self._waiter: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- start and stop ----------------------------------------------------------------------
@@ -68,7 +75,7 @@ class AdmittedCall:
             if self._stop_arg:
                 kwargs[self._stop_arg] = self.stop_flag
             if self._progress_arg:
-                self._queue = asyncio.Queue()
+                self._queue = collections.deque()
                 kwargs[self._progress_arg] = self._emit
             ctx = contextvars.copy_context()  # the request id (and any other contextvar) goes along
             self._future = self.limiter.executor.submit(ctx.run, self.fn, *self.args, **kwargs)
@@ -107,12 +114,24 @@ class AdmittedCall:
         """fn's progress callback (any thread) -> the event loop's queue, in order. One
         argument is queued as it is, several as a tuple."""
         item = args[0] if len(args) == 1 else args
+        with self._queue_lock:
+            self._queue.append(item)
+            if self._wake_pending:
+                return  # the loop has not run the last wake-up yet: it takes this one too
+            self._wake_pending = True
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._wake)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.stop_flag.set()
             if self._on_cancel is not None:
                 self._on_cancel()
+
+    def _wake(self) -> None:  # on the event loop
+        with self._queue_lock:
+            self._wake_pending = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- results -----------------------------------------------------------------------------
     def __aiter__(self) -> "AdmittedCall":
@@ -121,7 +140,16 @@ class AdmittedCall:
         return self
 
     async def __anext__(self) -> Any:
-        item = await self._queue.get()
+        while True:
+            with self._queue_lock:
+                if self._queue:
+                    item = self._queue.popleft()
+                    break
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         if item is _END:
             raise StopAsyncIteration
         return item

@@ -47,7 +47,7 @@ _INT_KEYS = {
     "api.port", "dataset.max_length", "dataset.max_row_bytes", "dataset.max_errors",
     "inference.max_new_tokens_cap", "inference.max_batch_prompts", "inference.batch_size",
     "inference.cache_max_models", "inference.cache_max_bytes", "inference.max_concurrent",
-    "inference.max_queue", "train.max_concurrent", "eval.max_length", "api.max_body_bytes",
+    "inference.max_queue", "inference.max_n", "train.max_concurrent", "eval.max_length", "api.max_body_bytes",
     "server.max_message_bytes",
 } | {f"services.{name}.port" for name in SERVICE_NAMES}
 _POSITIVE_NUMBER_KEYS = {
@@ -65,6 +65,59 @@ _PORT_KEYS = {"api.port"} | {f"services.{name}.port" for name in SERVICE_NAMES}
 # Host names or addresses: strings. An unquoted IPv6 address in YAML (`::`, `::1`) is not one
 # (`::` parses as a mapping), so it is refused naming the key rather than crashing later.
 _HOST_KEYS = {"api.host"} | {f"services.{name}.{leaf}" for name in SERVICE_NAMES for leaf in ("host", "metrics_host")}
+
+
+# gRPC target URIs (https://github.com/grpc/grpc/blob/master/doc/naming.md) taken as they are.
+_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+def _host_port(key: str, entry: str) -> tuple[str, int]:
+    host, sep, port = entry.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not sep or not host or (":" in host and not bracketed) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"config: {key}: {entry!r} is not host:port (an IPv6 address goes in brackets: "
+                          "'[::1]:50053')")
+    return (host[1:-1] if bracketed else host), int(port)
+
+
+def client_target(key: str, value: Any) -> str:
+    """The gRPC target of `services.<name>.addresses` (`key`): a list of `host:port` strings or
+    one comma-separated string of them, or one gRPC target URI (`dns:///inference:50053`,
+    `ipv4:10.0.0.1:50053,10.0.0.2:50053`). One entry is dialed as it is (a host name resolving to
+    several addresses gives several replicas); several must be IP addresses of one family and
+    become an `ipv4:`/`ipv6:` target. Raises ConfigError naming `key`."""
+    import ipaddress
+
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower().startswith(_TARGET_SCHEMES):
+            return text
+        entries = [entry.strip() for entry in text.split(",")]
+    elif isinstance(value, list) and value and all(isinstance(entry, str) for entry in value):
+        entries = [entry.strip() for entry in value]
+    else:
+        raise ConfigError(f"config: {key} must be a list of host:port addresses or one comma-separated "
+                          f"string of them, got {value!r}")
+    if any(not entry for entry in entries):
+        raise ConfigError(f"config: {key} has an empty address in {value!r}")
+    if len(entries) == 1:
+        if not entries[0].lower().startswith(_TARGET_SCHEMES):
+            _host_port(key, entries[0])
+        return entries[0]
+    versions = set()
+    for entry in entries:
+        if entry.lower().startswith(_TARGET_SCHEMES):
+            raise ConfigError(f"config: {key}: the gRPC target {entry!r} must be the only entry")
+        host, _ = _host_port(key, entry)
+        try:
+            versions.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise ConfigError(f"config: {key}: several addresses must be IP addresses, and {entry!r} names a "
+                              "host; give one DNS name that resolves to every replica instead "
+                              "(e.g. 'dns:///inference:50053')") from None
+    if len(versions) > 1:
+        raise ConfigError(f"config: {key} mixes IPv4 and IPv6 addresses; use one family (or one DNS name)")
+    return ("ipv4:" if versions == {4} else "ipv6:") + ",".join(entries)
 
 
 class Config:
@@ -124,7 +177,16 @@ class Config:
         return self.path("model.base_model_path")
 
     def service_address(self, name: str) -> str:
+        """Where service `name` listens (`services.<name>.host:port`)."""
         return f"{self.get(f'services.{name}.host')}:{self.get(f'services.{name}.port')}"
+
+    def service_target(self, name: str) -> str:
+        """The gRPC target a client (gateway, CLI) dials for service `name`:
+        `services.<name>.addresses` when set (several replicas), else `host:port`."""
+        value = self.get(f"services.{name}.addresses")
+        if value in (None, "", []):
+            return self.service_address(name)
+        return client_target(f"services.{name}.addresses", value)
 
     # -- validation ---------------------------------------------------------
     def _validate(self) -> None:
@@ -165,6 +227,8 @@ class Config:
             value = self.get(key)
             if value is not None and value not in choices:
                 raise ConfigError(f"config: {key} must be one of {sorted(choices)}, got {value!r}")
+        for name in SERVICE_NAMES:
+            self.service_target(name)  # a bad services.<name>.addresses fails here, named
         roots = self.get("storage.allowed_roots")
         if roots is not None and not isinstance(roots, list):
             raise ConfigError(f"config: storage.allowed_roots must be a list of paths, got {roots!r}")

@@ -1,27 +1,28 @@
-"""Generation: chat templates, sampling, stop sequences, seeds, KV-cached streaming, batches.
+"""Generation: chat templates, sampling, stop sequences, seeds, streaming, batches.
 
-Everything here blocks and runs in a worker thread. One request is one `model.generate` call
-(with its KV cache): streaming hooks a streamer into that call, a batch pads prompts on the
-left and generates a chunk of them at once. A `RunControl` shared with the request handler
-stops a generation within one decoding step when the client cancels or the deadline passes.
+Everything here blocks and runs in a worker thread. Each answer (each prompt of a batch, each
+of `n` choices) is one row of its model's running batch (`services.inference.scheduler`:
+continuous batching, one step-level thread per model); the calling thread waits for its rows.
+A `RunControl` shared with the request handler stops a row within one decoding step when the
+client cancels or the deadline passes; the other rows go on.
 
-Sampling never touches torch's global RNG: a logits processor samples with the request's own
-`torch.Generator`, so a seed gives the same output even while other requests generate
-concurrently in other threads.
+Sampling never touches torch's global RNG: each row samples with its own `torch.Generator`,
+so a seed gives the same output whatever else is generating in the same batch.
 """
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from services.common.errors import Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 16
+MAX_TOP_LOGPROBS = 20  # as OpenAI
+MAX_LOGIT_BIAS = 300  # tokens one request may bias (OpenAI's limit)
 REPLACEMENT_CHAR = "\ufffd"  # what a partial UTF-8 byte sequence decodes to
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -41,10 +42,25 @@ class SamplingParams:
     min_tokens: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # OpenAI-style penalties on the tokens generated so far (counted / seen at all).
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: bool = False  # record each token's log-probability
+    top_logprobs: int = 0  # and the most likely alternatives (0..MAX_TOP_LOGPROBS)
+    # Per-row logits hook: f(generated_ids, logits (V,)) -> logits, applied before sampling.
+    logits_hook: Callable | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that looks at a row's own history (one batched argmax)."""
+        return (self.greedy and self.repetition_penalty == 1.0 and not self.frequency_penalty
+                and not self.presence_penalty and not self.logit_bias and not self.logprobs
+                and self.logits_hook is None)
 
 
 def check_sampling(
@@ -58,6 +74,12 @@ def check_sampling(
     min_tokens: int = 0,
     stop: Sequence[str] = (),
     seed: int | None = None,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    logit_bias: dict[int, float] | None = None,
+    logprobs: bool = False,
+    top_logprobs: int | None = None,
+    vocab_size: int | None = None,
 ) -> SamplingParams:
     """Validated SamplingParams. Raises InvalidArgument naming every wrong field."""
     bad: list[tuple[str, str]] = []
@@ -82,28 +104,51 @@ def check_sampling(
     for i, s in enumerate(stop):
         if not s:
             bad.append((f"stop[{i}]", "must not be empty"))
+    for name, value in (("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)):
+        if not (-2.0 <= value <= 2.0):  # also catches NaN
+            bad.append((name, "must be in [-2, 2] (0: none)"))
+    bias = dict(logit_bias or {})
+    if len(bias) > MAX_LOGIT_BIAS:
+        bad.append(("logit_bias", f"at most {MAX_LOGIT_BIAS} tokens"))
+    for tid, value in sorted(bias.items()):
+        if tid < 0 or (vocab_size is not None and tid >= vocab_size):
+            bad.append((f"logit_bias[{tid}]", f"not a token id of this model (0..{(vocab_size or 0) - 1})"))
+        elif not (-100.0 <= value <= 100.0):
+            bad.append((f"logit_bias[{tid}]", "must be in [-100, 100]"))
+    if top_logprobs is not None and not (0 <= top_logprobs <= MAX_TOP_LOGPROBS):
+        bad.append(("top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}]"))
+    elif top_logprobs and not logprobs:
+        bad.append(("top_logprobs", "needs logprobs: true"))
     if bad:
         raise InvalidArgument.for_fields(bad)
     return SamplingParams(
         max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
         repetition_penalty=float(repetition_penalty), min_tokens=int(min_tokens), stop=tuple(stop), seed=seed,
+        frequency_penalty=float(frequency_penalty), presence_penalty=float(presence_penalty),
+        logit_bias=tuple((int(t), float(b)) for t, b in sorted(bias.items()) if b),
+        logprobs=bool(logprobs), top_logprobs=int(top_logprobs or 0),
     )
 
 
-def check_messages(messages: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+def check_messages(messages: Sequence[tuple[str, str]], tools: bool = False) -> list[dict[str, str]]:
     """Messages as the chat template wants them. Roles: `system` (first only), `user`,
-    `assistant`; the last one is the user's. Raises InvalidArgument naming the field."""
+    `assistant`, and with `tools` also `tool` (a tool's result); the last one is the user's
+    (or, with tools, a tool result). Raises InvalidArgument naming the field."""
     if not messages:
         raise InvalidArgument.for_field("messages", "must not be empty")
+    roles = ROLES + ("tool",) if tools else ROLES
+    last_roles = ("user", "tool") if tools else ("user",)
     bad = []
     for i, (role, _content) in enumerate(messages):
-        if role not in ROLES:
-            bad.append((f"messages[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}"))
+        if role not in roles:
+            bad.append((f"messages[{i}].role", f"unknown role {role!r}; expected one of {', '.join(roles)}"
+                        + ("" if tools or role != "tool" else " (`tool` messages need tools)")))
         elif role == "system" and i != 0:
             bad.append((f"messages[{i}].role", "a system message may only come first"))
-    if not bad and messages[-1][0] != "user":
+    if not bad and messages[-1][0] not in last_roles:
         last = len(messages) - 1
-        bad.append((f"messages[{last}].role", "the conversation must end with a user message"))
+        bad.append((f"messages[{last}].role", "the conversation must end with a user message"
+                    + (" or a tool result" if tools else "")))
     if bad:
         raise InvalidArgument.for_fields(bad)
     return [{"role": role, "content": content} for role, content in messages]
@@ -118,6 +163,8 @@ class Completion:
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list = field(default_factory=list)  # scheduler.TokenLogprob per answer token, when asked
+    index: int = 0  # which of the request's `n` choices
 
 
 class RunControl:
@@ -276,95 +323,15 @@ def _final_text(tokenizer, new_ids: Sequence[int], stops: Sequence[str]) -> tupl
     return (text[:at], True) if at >= 0 else (text, False)
 
 
-# -- torch glue ----------------------------------------------------------------------------
+# -- generation ----------------------------------------------------------------------------
 
 
-def _torch_helpers():
-    """Build the transformers hooks lazily (importing torch is slow; this module is imported
-    by the server before any model is needed)."""
-    import torch
-    from transformers import LogitsProcessor, StoppingCriteria
-    from transformers.generation.streamers import BaseStreamer
-
-    class SeededSampler(LogitsProcessor):
-        """Samples the next token with a private generator and masks every other one, so
-        greedy selection in `generate` picks exactly the sampled token."""
-
-        def __init__(self, seed: int):
-            self.seed = seed
-            self.generator = None
-
-        def __call__(self, input_ids, scores):
-            if self.generator is None:
-                self.generator = torch.Generator(device=scores.device)
-                self.generator.manual_seed(self.seed)
-            probs = torch.softmax(scores.float(), dim=-1)
-            picked = torch.multinomial(probs, 1, generator=self.generator)
-            out = torch.full_like(scores, float("-inf"))
-            return out.scatter_(1, picked, 0.0)
-
-    class ControlCriteria(StoppingCriteria):
-        """Stops every row when the request is cancelled or past its deadline; with stop
-        sequences, stops a row once its recent text contains one."""
-
-        def __init__(self, control: RunControl, prompt_len: int, tokenizer, stops: Sequence[str], base: int):
-            self.control = control
-            self.prompt_len = prompt_len
-            self.tokenizer = tokenizer
-            self.stops = tuple(stops)
-            # A stop sequence of n characters spans at most 4n byte-level tokens, +2 at the edges.
-            self.window = 4 * max((len(s) for s in self.stops), default=0) + 2
-            self.base = base
-
-        def __call__(self, input_ids, scores, **kwargs):
-            rows = input_ids.shape[0]
-            self.control.generated = self.base + rows * (input_ids.shape[1] - self.prompt_len)
-            if self.control.should_stop():
-                return torch.ones(rows, dtype=torch.bool, device=input_ids.device)
-            done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-            if self.stops:
-                start = max(self.prompt_len, input_ids.shape[1] - self.window)
-                for r in range(rows):
-                    tail = _decode(self.tokenizer, input_ids[r, start:].tolist())
-                    if first_stop(tail, self.stops) >= 0:
-                        done[r] = True
-            return done
-
-    class StreamerAdapter(BaseStreamer):
-        """`generate`'s streamer protocol onto a StreamingDecoder (skips the prompt)."""
-
-        def __init__(self, decoder: StreamingDecoder):
-            self.decoder = decoder
-            self.prompt_seen = False
-
-        def put(self, value):
-            if not self.prompt_seen:
-                self.prompt_seen = True
-                return
-            self.decoder.add(value.reshape(-1).tolist())
-
-        def end(self):
-            self.decoder.finish()
-
-    return torch, SeededSampler, ControlCriteria, StreamerAdapter
-
-
-_HELPERS = None
-_HELPERS_LOCK = threading.Lock()
-
-
-def _helpers():
-    global _HELPERS
-    with _HELPERS_LOCK:
-        if _HELPERS is None:
-            _HELPERS = _torch_helpers()
-        return _HELPERS
-
-
-def render_prompt(tokenizer, messages: list[dict[str, str]], enable_thinking: bool) -> list[int]:
+def render_prompt(tokenizer, messages: list[dict[str, str]], enable_thinking: bool,
+                  tools: list[dict] | None = None) -> list[int]:
     """Token ids of the conversation rendered with the model's chat template, ending with the
-    assistant turn's opening. Raises FailedPrecondition (no template) or InvalidArgument
-    (the template rejects the conversation)."""
+    assistant turn's opening; `tools` (OpenAI function definitions) are given to the template.
+    Raises FailedPrecondition (no template) or InvalidArgument (the template rejects the
+    conversation, or ignores the tools: naming `tools`)."""
     if not getattr(tokenizer, "chat_template", None):
         raise FailedPrecondition("the model's tokenizer has no chat template")
     from jinja2 import TemplateError
@@ -372,57 +339,16 @@ def render_prompt(tokenizer, messages: list[dict[str, str]], enable_thinking: bo
     try:
         ids = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, enable_thinking=enable_thinking,
+            **({"tools": tools} if tools else {}),
         )
+        if tools and ids == tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, enable_thinking=enable_thinking):
+            raise InvalidArgument.for_field("tools", "this model's chat template does not render tools")
     except TemplateError as exc:
         raise InvalidArgument.for_field("messages", f"rejected by the model's chat template: {exc}") from exc
     if hasattr(ids, "keys"):  # BatchEncoding in some versions
         ids = ids["input_ids"]
     return [int(i) for i in ids]
-
-
-def _generate(loaded, prompts: list[list[int]], params: SamplingParams, control: RunControl,
-              decoder: StreamingDecoder | None = None):
-    """One `generate` call over left-padded prompts. Returns the new token ids (rows × steps)."""
-    torch, SeededSampler, ControlCriteria, StreamerAdapter = _helpers()
-    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    model = loaded.model
-    width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[loaded.pad_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
-    device = next(model.parameters()).device
-    gen_config = GenerationConfig(
-        max_new_tokens=params.max_tokens,
-        min_new_tokens=params.min_tokens or None,
-        do_sample=False,  # sampling, when asked, is done by SeededSampler
-        num_beams=1,
-        repetition_penalty=params.repetition_penalty,
-        eos_token_id=list(loaded.eos_ids),
-        pad_token_id=loaded.pad_id,
-        use_cache=True,
-    )
-    processors = LogitsProcessorList()
-    if not params.greedy:
-        processors.append(TemperatureLogitsWarper(params.temperature))
-        if params.top_k > 0:
-            processors.append(TopKLogitsWarper(params.top_k))
-        if params.top_p < 1.0:
-            processors.append(TopPLogitsWarper(params.top_p))
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        processors.append(SeededSampler(seed))
-    criteria = StoppingCriteriaList([ControlCriteria(control, width, loaded.tokenizer, params.stop, control.generated)])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            generation_config=gen_config,
-            logits_processor=processors,
-            stopping_criteria=criteria,
-            streamer=StreamerAdapter(decoder) if decoder is not None else None,
-            use_model_defaults=False,
-        )
-    return out[:, width:].tolist()
 
 
 def _complete(loaded, new_ids: list[int], prompt_len: int, params: SamplingParams) -> Completion:
@@ -459,30 +385,105 @@ def _fit(params: SamplingParams, room: int | None) -> SamplingParams:
     return replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))
 
 
-def chat(loaded, messages: list[dict[str, str]], params: SamplingParams, control: RunControl, *,
-         enable_thinking: bool = False, on_text: Callable[[str], None] | None = None) -> Completion:
-    """Answer one conversation. With `on_text`, each new piece of whole-character text is
-    passed to it as soon as it decodes (same single generation). Raises InvalidArgument when
-    the prompt fills the model's context, Cancelled or DeadlineExceeded when stopped early."""
-    prompt = render_prompt(loaded.tokenizer, messages, enable_thinking)
+@dataclass
+class StreamEvent:
+    """A piece of one choice's streamed text, with the logprobs of the tokens it completes."""
+
+    index: int
+    text: str
+    logprobs: list
+
+
+def _check_room(loaded, prompt: list[int], field_name: str) -> int | None:
     room = _context_room(loaded, len(prompt))
     if room is not None and room < 1:
         raise InvalidArgument.for_field(
-            "messages", f"the rendered prompt is {len(prompt)} tokens, which fills the model's context "
+            field_name, f"the rendered prompt is {len(prompt)} tokens, which fills the model's context "
                         f"of {len(prompt) + room} tokens")
-    params = _fit(params, room)
-    decoder = None
-    if on_text is not None:
-        decoder = StreamingDecoder(loaded.tokenizer, on_text, loaded.eos_ids, params.stop)
-    new_ids = _generate(loaded, [prompt], params, control, decoder)[0]
+    return room
+
+
+def _check_vocab(loaded, params: SamplingParams) -> None:
+    vocab = _vocab_size(loaded)
+    bad = [(f"logit_bias[{t}]", f"not a token id of this model (0..{vocab - 1})")
+           for t, _b in params.logit_bias if t >= vocab]
+    if bad:
+        raise InvalidArgument.for_fields(bad)
+
+
+def _vocab_size(loaded) -> int:
+    return int(loaded.model.get_output_embeddings().weight.shape[0])
+
+
+def _run(loaded, seqs: list, control: RunControl, max_rows: int) -> None:
+    """Put rows into the model's running batch and wait until every one has ended."""
+    from services.inference import scheduler
+
+    scheduler.submit(loaded, seqs, max_rows)
+    for seq in seqs:
+        seq.done.wait()
+    for seq in seqs:
+        if seq.error is not None:
+            raise seq.error
     control.raise_if_stopped()
-    return _complete(loaded, new_ids, len(prompt), params)
+
+
+def _sequence(loaded, prompt: list[int], params: SamplingParams, control: RunControl, sink=None):
+    from services.inference.scheduler import Sequence as Row
+
+    decoder = None
+    if sink is not None or params.stop:
+        decoder = StreamingDecoder(loaded.tokenizer, sink or (lambda _piece: None), loaded.eos_ids, params.stop)
+    return Row(prompt=prompt, params=params, control=control, decoder=decoder,
+               adapter=getattr(loaded, "adapter_name", None))
+
+
+def chat(loaded, messages: list[dict[str, str]], params: SamplingParams, control: RunControl, *,
+         enable_thinking: bool = False, on_text: Callable[[str], None] | None = None,
+         tools: list[dict] | None = None, n: int = 1, on_event: Callable[[StreamEvent], None] | None = None,
+         max_rows: int = 16) -> Completion | list[Completion]:
+    """Answer one conversation: `n` choices (rows of the model's running batch; with a seed,
+    choice i samples with seed + i). With `on_text` (n == 1), each new piece of whole-character
+    text is passed to it as soon as it decodes; with `on_event`, a StreamEvent per piece of
+    any choice. Returns the Completion (a list of n when n > 1). Raises InvalidArgument when
+    the prompt fills the model's context, Cancelled or DeadlineExceeded when stopped early."""
+    prompt = render_prompt(loaded.tokenizer, messages, enable_thinking, tools)
+    params = _fit(params, _check_room(loaded, prompt, "messages"))
+    _check_vocab(loaded, params)
+    seqs = []
+    for i in range(n):
+        p_i = params if params.seed is None or i == 0 else replace(params, seed=params.seed + i)
+        sink = None
+        if on_event is not None:
+            sink = _event_sink(on_event, i, seqs)
+        elif on_text is not None and i == 0:
+            sink = on_text
+        seqs.append(_sequence(loaded, prompt, p_i, control, sink))
+    _run(loaded, seqs, control, max_rows)
+    done = []
+    for i, seq in enumerate(seqs):
+        c = _complete(loaded, seq.ids, len(prompt), seq.params)
+        c.logprobs, c.index = seq.logprobs[:c.completion_tokens], i
+        done.append(c)
+    return done[0] if n == 1 else done
+
+
+def _event_sink(on_event: Callable[[StreamEvent], None], index: int, seqs: list):
+    sent = [0]
+
+    def sink(piece: str) -> None:
+        row = seqs[index]
+        logprobs = row.logprobs[sent[0]:]
+        sent[0] = len(row.logprobs)
+        on_event(StreamEvent(index, piece, logprobs))
+
+    return sink
 
 
 def batch(loaded, prompts: Sequence[str], params: SamplingParams, control: RunControl, *,
           batch_size: int) -> list[Completion]:
-    """Answer single-turn prompts in batched generations of `batch_size` (similar lengths
-    together, left padding); results in prompt order. A seed seeds every chunk."""
+    """Answer single-turn prompts, each a row of the model's running batch (at most
+    `batch_size` rows step together); results in prompt order. A seed seeds every prompt."""
     rendered = [render_prompt(loaded.tokenizer, [{"role": "user", "content": p}], False) for p in prompts]
     rooms = [_context_room(loaded, len(r)) for r in rendered]
     too_long = [(f"prompts[{i}]", f"the rendered prompt is {len(rendered[i])} tokens, which fills the model's "
@@ -490,16 +491,7 @@ def batch(loaded, prompts: Sequence[str], params: SamplingParams, control: RunCo
                 for i, room in enumerate(rooms) if room is not None and room < 1]
     if too_long:
         raise InvalidArgument.for_fields(too_long)
-    order = sorted(range(len(rendered)), key=lambda i: len(rendered[i]))
-    results: list[Completion | None] = [None] * len(rendered)
-    for start in range(0, len(order), batch_size):
-        if control.should_stop():
-            break
-        chunk = order[start:start + batch_size]
-        # Left padding: the longest prompt of the chunk sets how much context is left.
-        rows = _generate(loaded, [rendered[i] for i in chunk], _fit(params, rooms[chunk[-1]]), control)
-        for i, new_ids in zip(chunk, rows):
-            results[i] = _complete(loaded, new_ids, len(rendered[i]), params)
-    control.raise_if_stopped()
-    return results  # type: ignore[return-value]
-
+    _check_vocab(loaded, params)
+    seqs = [_sequence(loaded, r, _fit(params, room), control) for r, room in zip(rendered, rooms)]
+    _run(loaded, seqs, control, batch_size)
+    return [_complete(loaded, seq.ids, len(r), seq.params) for seq, r in zip(seqs, rendered)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
 from typing import Any, Callable
@@ -38,6 +39,26 @@ def _optional(request, name: str):
     return getattr(request, name) if request.HasField(name) else None
 
 
+def _tools_of(request) -> list[dict] | None:
+    """The OpenAI function definitions of `tools_json`, or None (INVALID_ARGUMENT naming `tools`)."""
+    if not request.tools_json:
+        return None
+    try:
+        tools = json.loads(request.tools_json)
+    except ValueError as exc:
+        raise InvalidArgument.for_field("tools", f"not JSON: {exc}") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise InvalidArgument.for_field("tools", "expected a JSON array of tool objects")
+    return tools or None
+
+
+def _logprobs(entries) -> list[pb.TokenLogprob]:
+    """Proto TokenLogprobs of scheduler.TokenLogprob entries."""
+    return [pb.TokenLogprob(token=e.token, logprob=e.logprob, token_bytes=e.token_bytes,
+                            top_logprobs=[pb.TopLogprob(token=t, logprob=lp, token_bytes=b) for t, lp, b in e.top])
+            for e in entries]
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> pb.Usage:
     """Usage of a finished generation (its tokens were counted by `_generate`)."""
     return pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
@@ -58,11 +79,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, config: Config, registry: ModelRegistry | None = None):
         self.config = config
         self.registry = registry or ModelRegistry(config)
-        self.limiter = limiter_from_config(config, "inference", what="generations", max_concurrent=2, max_queue=8)
+        self.limiter = limiter_from_config(config, "inference", what="generations", max_concurrent=16, max_queue=8)
         self.cap = int(config.get("inference.max_new_tokens_cap", 2048))
         # Applied where a request enters (services.common.server): defaults held to the cap.
         self.default_limits = {t.DESCRIPTOR.full_name: {"max_tokens": self.cap} for t in (pb.ChatRequest, pb.BatchRequest)}
+        # Rows (sequences) decoded together in one step of a model's running batch.
         self.batch_size = int(config.get("inference.batch_size", 16))
+        self.max_n = min(int(config.get("inference.max_n", 8)), self.batch_size)
         self.max_batch_prompts = int(config.get("inference.max_batch_prompts", 256))
         # Recent generations by request id (progress, finished) — for operators and tests.
         self.runs: collections.OrderedDict[str, engine.RunControl] = collections.OrderedDict()
@@ -81,14 +104,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return control
 
     def _chat_inputs(self, request: pb.ChatRequest):
-        messages = engine.check_messages([(m.role, m.content) for m in request.messages])
+        tools = _tools_of(request)
+        messages = engine.check_messages([(m.role, m.content) for m in request.messages], tools=bool(tools))
         params = engine.check_sampling(
             max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
             top_k=request.top_k, cap=self.cap, repetition_penalty=request.repetition_penalty,
             min_tokens=request.min_tokens, stop=list(request.stop), seed=_optional(request, "seed"),
+            frequency_penalty=request.frequency_penalty, presence_penalty=request.presence_penalty,
+            logit_bias=dict(request.logit_bias), logprobs=request.logprobs, top_logprobs=request.top_logprobs,
         )
+        if not (1 <= request.n <= self.max_n):
+            raise InvalidArgument.for_field("n", f"must be in [1, {self.max_n}] (inference.max_n)")
         source = self.registry.resolve(_optional(request, "model_path"))
-        return messages, params, source
+        return messages, params, source, tools
 
     async def _load(self, source) -> LoadedModel:
         cached = self.registry.cached(source)  # the common case: no thread hop
@@ -114,27 +142,41 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     # -- RPCs -----------------------------------------------------------------------------
 
     async def Chat(self, request, context):
-        messages, params, source = self._chat_inputs(request)
+        messages, params, source, tools = self._chat_inputs(request)
         control = self._control(context)
         done = await run_admitted(self.limiter, self._generate, source, control, engine.chat, messages, params,
-                                  enable_thinking=request.enable_thinking, stop=None, cancel=control.cancel,
+                                  enable_thinking=request.enable_thinking, tools=tools, n=request.n,
+                                  max_rows=self.batch_size, stop=None, cancel=control.cancel,
                                   timeout=control.remaining(), context=context)
+        choices = done if isinstance(done, list) else [done]
+        first = choices[0]
         return pb.ChatResponse(
-            content=done.content, thinking_content=done.thinking, finish_reason=done.finish_reason,
-            usage=_usage(done.prompt_tokens, done.completion_tokens), model=str(source.path),
+            content=first.content, thinking_content=first.thinking, finish_reason=first.finish_reason,
+            usage=_usage(first.prompt_tokens, sum(c.completion_tokens for c in choices)), model=str(source.path),
+            logprobs=_logprobs(first.logprobs),
+            choices=[pb.ChatChoice(index=c.index, content=c.content, thinking_content=c.thinking,
+                                   finish_reason=c.finish_reason, logprobs=_logprobs(c.logprobs),
+                                   completion_tokens=c.completion_tokens) for c in choices] if len(choices) > 1 else [],
         )
 
     async def ChatStream(self, request, context):
-        messages, params, source = self._chat_inputs(request)
+        messages, params, source, tools = self._chat_inputs(request)
         control = self._control(context)
         async with stream_admitted(self.limiter, self._generate, source, control, engine.chat, messages, params,
-                                   enable_thinking=request.enable_thinking, progress="on_text", stop=None,
+                                   enable_thinking=request.enable_thinking, tools=tools, n=request.n,
+                                   max_rows=self.batch_size, progress="on_event", stop=None,
                                    cancel=control.cancel, timeout=control.remaining(), context=context) as call:
-            async for piece in call:
-                yield pb.ChatStreamResponse(token=piece)
+            async for event in call:
+                yield pb.ChatStreamResponse(token=event.text, index=event.index,
+                                            logprobs=_logprobs(event.logprobs) if event.logprobs else None)
             done = call.result()
+        choices = done if isinstance(done, list) else [done]
+        for c in choices[:-1]:
+            yield pb.ChatStreamResponse(index=c.index, finish_reason=c.finish_reason)
+        last = choices[-1]
         yield pb.ChatStreamResponse(
-            finish_reason=done.finish_reason, usage=_usage(done.prompt_tokens, done.completion_tokens),
+            index=last.index, finish_reason=last.finish_reason,
+            usage=_usage(last.prompt_tokens, sum(c.completion_tokens for c in choices)),
         )
 
     async def Batch(self, request, context):

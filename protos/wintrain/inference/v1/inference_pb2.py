@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from wintrain.api.v1 import options_pb2 as wintrain_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%wintrain/inference/v1/inference.proto\x12\x15wintrain.inference.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dwintrain/api/v1/options.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x83\x04\n\x0b\x43hatRequest\x12\x17\n\nmodel_path\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".wintrain.inference.v1.ChatMessage\x12 \n\nmax_tokens\x18\x03 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x35\x31\x32H\x01\x88\x01\x01\x12!\n\x0btemperature\x18\x04 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.7H\x02\x88\x01\x01\x12\x1b\n\x05top_p\x18\x05 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x03\x88\x01\x01\x12\x1a\n\x05top_k\x18\x06 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x32\x30H\x04\x88\x01\x01\x12\x0e\n\x06stream\x18\x07 \x01(\x08\x12\'\n\x0f\x65nable_thinking\x18\x08 \x01(\x08\x42\t\xaa\xb6\x18\x05\x66\x61lseH\x05\x88\x01\x01\x12(\n\x12repetition_penalty\x18\t \x01(\x01\x42\x07\xaa\xb6\x18\x03\x31.0H\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x07\x88\x01\x01\x12\x1e\n\nmin_tokens\x18\x0c \x01(\x05\x42\x05\xaa\xb6\x18\x01\x30H\x08\x88\x01\x01\x42\r\n\x0b_model_pathB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x12\n\x10_enable_thinkingB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_min_tokens\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x8c\x01\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x18\n\x10thinking_content\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12+\n\x05usage\x18\x04 \x01(\x0b\x32\x1c.wintrain.inference.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\"~\n\x12\x43hatStreamResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x1a\n\rfinish_reason\x18\x02 \x01(\tH\x00\x88\x01\x01\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.wintrain.inference.v1.UsageB\x10\n\x0e_finish_reason\"\xc3\x02\n\x0c\x42\x61tchRequest\x12\x17\n\nmodel_path\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07prompts\x18\x02 \x03(\t\x12 \n\nmax_tokens\x18\x03 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x35\x31\x32H\x01\x88\x01\x01\x12!\n\x0btemperature\x18\x04 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.7H\x02\x88\x01\x01\x12\x1b\n\x05top_p\x18\x05 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x03\x88\x01\x01\x12\x1a\n\x05top_k\x18\x06 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x32\x30H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x05\x88\x01\x01\x12\x1e\n\nmin_tokens\x18\x08 \x01(\x05\x42\x05\xaa\xb6\x18\x01\x30H\x06\x88\x01\x01\x42\r\n\x0b_model_pathB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\r\n\x0b_min_tokens\"e\n\rBatchResponse\x12\x0f\n\x07results\x18\x01 \x03(\t\x12\x16\n\x0e\x66inish_reasons\x18\x02 \x03(\t\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.wintrain.inference.v1.Usage\"\xb0\x01\n\tModelInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x17\n\x0f\x62\x61se_model_path\x18\x03 \x01(\t\x12\x12\n\nparameters\x18\x04 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x11\n\tlast_used\x18\x06 \x01(\t\x12\x12\n\nis_default\x18\x07 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\r\n\x05\x64type\x18\t \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .wintrain.inference.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10LoadModelRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\"(\n\x12UnloadModelRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\">\n\x13UnloadModelResponse\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\x32\xd4\x06\n\x10InferenceService\x12z\n\x04\x43hat\x12\".wintrain.inference.v1.ChatRequest\x1a#.wintrain.inference.v1.ChatResponse\")\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x18\"\x13/api/inference/chat:\x01*\x12\x8f\x01\n\nChatStream\x12\".wintrain.inference.v1.ChatRequest\x1a).wintrain.inference.v1.ChatStreamResponse\"0\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/inference/chat/stream:\x01*0\x01\x12\x93\x01\n\x05\x42\x61tch\x12#.wintrain.inference.v1.BatchRequest\x1a$.wintrain.inference.v1.BatchResponse\"?\x8a\xb5\x18\x11\n\x0f\x42\x61tch generated\x91\xb5\x18\x00\x00\x00\x00\x00 \x9c@\x82\xd3\xe4\x93\x02\x19\"\x14/api/inference/batch:\x01*\x12\x80\x01\n\nListModels\x12(.wintrain.inference.v1.ListModelsRequest\x1a).wintrain.inference.v1.ListModelsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/inference/models\x12\x88\x01\n\tLoadModel\x12\'.wintrain.inference.v1.LoadModelRequest\x1a .wintrain.inference.v1.ModelInfo\"0\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/inference/models/load:\x01*\x12\x8d\x01\n\x0bUnloadModel\x12).wintrain.inference.v1.UnloadModelRequest\x1a*.wintrain.inference.v1.UnloadModelResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/inference/models/unload:\x01*B@\n\x19\x63om.wintrain.inference.v1P\x01Z!wintrain/inference/v1;inferencev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%wintrain/inference/v1/inference.proto\x12\x15wintrain.inference.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dwintrain/api/v1/options.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9b\x07\n\x0b\x43hatRequest\x12\x17\n\nmodel_path\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".wintrain.inference.v1.ChatMessage\x12 \n\nmax_tokens\x18\x03 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x35\x31\x32H\x01\x88\x01\x01\x12!\n\x0btemperature\x18\x04 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.7H\x02\x88\x01\x01\x12\x1b\n\x05top_p\x18\x05 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x03\x88\x01\x01\x12\x1a\n\x05top_k\x18\x06 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x32\x30H\x04\x88\x01\x01\x12\x0e\n\x06stream\x18\x07 \x01(\x08\x12\'\n\x0f\x65nable_thinking\x18\x08 \x01(\x08\x42\t\xaa\xb6\x18\x05\x66\x61lseH\x05\x88\x01\x01\x12(\n\x12repetition_penalty\x18\t \x01(\x01\x42\x07\xaa\xb6\x18\x03\x31.0H\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x07\x88\x01\x01\x12\x1e\n\nmin_tokens\x18\x0c \x01(\x05\x42\x05\xaa\xb6\x18\x01\x30H\x08\x88\x01\x01\x12 \n\x08logprobs\x18\r \x01(\x08\x42\t\xaa\xb6\x18\x05\x66\x61lseH\t\x88\x01\x01\x12 \n\x0ctop_logprobs\x18\x0e \x01(\x05\x42\x05\xaa\xb6\x18\x01\x30H\n\x88\x01\x01\x12\x15\n\x01n\x18\x0f \x01(\x05\x42\x05\xaa\xb6\x18\x01\x31H\x0b\x88\x01\x01\x12%\n\x11\x66requency_penalty\x18\x10 \x01(\x01\x42\x05\xaa\xb6\x18\x01\x30H\x0c\x88\x01\x01\x12$\n\x10presence_penalty\x18\x11 \x01(\x01\x42\x05\xaa\xb6\x18\x01\x30H\r\x88\x01\x01\x12\x45\n\nlogit_bias\x18\x12 \x03(\x0b\x32\x31.wintrain.inference.v1.ChatRequest.LogitBiasEntry\x12\x17\n\ntools_json\x18\x14 \x01(\tH\x0e\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_model_pathB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x12\n\x10_enable_thinkingB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_min_tokensB\x0b\n\t_logprobsB\x0f\n\r_top_logprobsB\x04\n\x02_nB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\r\n\x0b_tools_json\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\xf7\x01\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x18\n\x10thinking_content\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12+\n\x05usage\x18\x04 \x01(\x0b\x32\x1c.wintrain.inference.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x35\n\x08logprobs\x18\x06 \x03(\x0b\x32#.wintrain.inference.v1.TokenLogprob\x12\x32\n\x07\x63hoices\x18\x07 \x03(\x0b\x32!.wintrain.inference.v1.ChatChoice\"\xaf\x01\n\nChatChoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x18\n\x10thinking_content\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x35\n\x08logprobs\x18\x05 \x03(\x0b\x32#.wintrain.inference.v1.TokenLogprob\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x05\"|\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x13\n\x0btoken_bytes\x18\x03 \x03(\x05\x12\x37\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32!.wintrain.inference.v1.TopLogprob\"A\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x13\n\x0btoken_bytes\x18\x03 \x03(\x05\"\xc4\x01\n\x12\x43hatStreamResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x1a\n\rfinish_reason\x18\x02 \x01(\tH\x00\x88\x01\x01\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.wintrain.inference.v1.Usage\x12\r\n\x05index\x18\x04 \x01(\x05\x12\x35\n\x08logprobs\x18\x05 \x03(\x0b\x32#.wintrain.inference.v1.TokenLogprobB\x10\n\x0e_finish_reason\"\xc3\x02\n\x0c\x42\x61tchRequest\x12\x17\n\nmodel_path\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07prompts\x18\x02 \x03(\t\x12 \n\nmax_tokens\x18\x03 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x35\x31\x32H\x01\x88\x01\x01\x12!\n\x0btemperature\x18\x04 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.7H\x02\x88\x01\x01\x12\x1b\n\x05top_p\x18\x05 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x03\x88\x01\x01\x12\x1a\n\x05top_k\x18\x06 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x32\x30H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x05\x88\x01\x01\x12\x1e\n\nmin_tokens\x18\x08 \x01(\x05\x42\x05\xaa\xb6\x18\x01\x30H\x06\x88\x01\x01\x42\r\n\x0b_model_pathB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\r\n\x0b_min_tokens\"e\n\rBatchResponse\x12\x0f\n\x07results\x18\x01 \x03(\t\x12\x16\n\x0e\x66inish_reasons\x18\x02 \x03(\t\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.wintrain.inference.v1.Usage\"\xb0\x01\n\tModelInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x17\n\x0f\x62\x61se_model_path\x18\x03 \x01(\t\x12\x12\n\nparameters\x18\x04 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x11\n\tlast_used\x18\x06 \x01(\t\x12\x12\n\nis_default\x18\x07 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\r\n\x05\x64type\x18\t \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .wintrain.inference.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10LoadModelRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\"(\n\x12UnloadModelRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\">\n\x13UnloadModelResponse\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\x32\xd4\x06\n\x10InferenceService\x12z\n\x04\x43hat\x12\".wintrain.inference.v1.ChatRequest\x1a#.wintrain.inference.v1.ChatResponse\")\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x18\"\x13/api/inference/chat:\x01*\x12\x8f\x01\n\nChatStream\x12\".wintrain.inference.v1.ChatRequest\x1a).wintrain.inference.v1.ChatStreamResponse\"0\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/inference/chat/stream:\x01*0\x01\x12\x93\x01\n\x05\x42\x61tch\x12#.wintrain.inference.v1.BatchRequest\x1a$.wintrain.inference.v1.BatchResponse\"?\x8a\xb5\x18\x11\n\x0f\x42\x61tch generated\x91\xb5\x18\x00\x00\x00\x00\x00 \x9c@\x82\xd3\xe4\x93\x02\x19\"\x14/api/inference/batch:\x01*\x12\x80\x01\n\nListModels\x12(.wintrain.inference.v1.ListModelsRequest\x1a).wintrain.inference.v1.ListModelsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/inference/models\x12\x88\x01\n\tLoadModel\x12\'.wintrain.inference.v1.LoadModelRequest\x1a .wintrain.inference.v1.ModelInfo\"0\x91\xb5\x18\x00\x00\x00\x00\x00\xc0\x82@\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/inference/models/load:\x01*\x12\x8d\x01\n\x0bUnloadModel\x12).wintrain.inference.v1.UnloadModelRequest\x1a*.wintrain.inference.v1.UnloadModelResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/inference/models/unload:\x01*B@\n\x19\x63om.wintrain.inference.v1P\x01Z!wintrain/inference/v1;inferencev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wintrain.inference.v1.infer
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\031com.wintrain.inference.v1P\001Z!wintrain/inference/v1;inferencev1'
+  _globals['_CHATREQUEST_LOGITBIASENTRY']._loaded_options = None
+  _globals['_CHATREQUEST_LOGITBIASENTRY']._serialized_options = b'8\001'
   _globals['_CHATREQUEST'].fields_by_name['max_tokens']._loaded_options = None
   _globals['_CHATREQUEST'].fields_by_name['max_tokens']._serialized_options = b'\252\266\030\003512'
   _globals['_CHATREQUEST'].fields_by_name['temperature']._loaded_options = None
@@ -48,6 +50,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATREQUEST'].fields_by_name['repetition_penalty']._serialized_options = b'\252\266\030\0031.0'
   _globals['_CHATREQUEST'].fields_by_name['min_tokens']._loaded_options = None
   _globals['_CHATREQUEST'].fields_by_name['min_tokens']._serialized_options = b'\252\266\030\0010'
+  _globals['_CHATREQUEST'].fields_by_name['logprobs']._loaded_options = None
+  _globals['_CHATREQUEST'].fields_by_name['logprobs']._serialized_options = b'\252\266\030\005false'
+  _globals['_CHATREQUEST'].fields_by_name['top_logprobs']._loaded_options = None
+  _globals['_CHATREQUEST'].fields_by_name['top_logprobs']._serialized_options = b'\252\266\030\0010'
+  _globals['_CHATREQUEST'].fields_by_name['n']._loaded_options = None
+  _globals['_CHATREQUEST'].fields_by_name['n']._serialized_options = b'\252\266\030\0011'
+  _globals['_CHATREQUEST'].fields_by_name['frequency_penalty']._loaded_options = None
+  _globals['_CHATREQUEST'].fields_by_name['frequency_penalty']._serialized_options = b'\252\266\030\0010'
+  _globals['_CHATREQUEST'].fields_by_name['presence_penalty']._loaded_options = None
+  _globals['_CHATREQUEST'].fields_by_name['presence_penalty']._serialized_options = b'\252\266\030\0010'
   _globals['_BATCHREQUEST'].fields_by_name['max_tokens']._loaded_options = None
   _globals['_BATCHREQUEST'].fields_by_name['max_tokens']._serialized_options = b'\252\266\030\003512'
   _globals['_BATCHREQUEST'].fields_by_name['temperature']._loaded_options = None
@@ -73,29 +85,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=125
   _globals['_CHATMESSAGE']._serialized_end=169
   _globals['_CHATREQUEST']._serialized_start=172
-  _globals['_CHATREQUEST']._serialized_end=687
-  _globals['_USAGE']._serialized_start=689
-  _globals['_USAGE']._serialized_end=768
-  _globals['_CHATRESPONSE']._serialized_start=771
-  _globals['_CHATRESPONSE']._serialized_end=911
-  _globals['_CHATSTREAMRESPONSE']._serialized_start=913
-  _globals['_CHATSTREAMRESPONSE']._serialized_end=1039
-  _globals['_BATCHREQUEST']._serialized_start=1042
-  _globals['_BATCHREQUEST']._serialized_end=1365
-  _globals['_BATCHRESPONSE']._serialized_start=1367
-  _globals['_BATCHRESPONSE']._serialized_end=1468
-  _globals['_MODELINFO']._serialized_start=1471
-  _globals['_MODELINFO']._serialized_end=1647
-  _globals['_LISTMODELSREQUEST']._serialized_start=1649
-  _globals['_LISTMODELSREQUEST']._serialized_end=1707
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1709
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1804
-  _globals['_LOADMODELREQUEST']._serialized_start=1806
-  _globals['_LOADMODELREQUEST']._serialized_end=1844
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1846
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1886
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1888
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1950
-  _globals['_INFERENCESERVICE']._serialized_start=1953
-  _globals['_INFERENCESERVICE']._serialized_end=2805
+  _globals['_CHATREQUEST']._serialized_end=1095
+  _globals['_CHATREQUEST_LOGITBIASENTRY']._serialized_start=820
+  _globals['_CHATREQUEST_LOGITBIASENTRY']._serialized_end=868
+  _globals['_USAGE']._serialized_start=1097
+  _globals['_USAGE']._serialized_end=1176
+  _globals['_CHATRESPONSE']._serialized_start=1179
+  _globals['_CHATRESPONSE']._serialized_end=1426
+  _globals['_CHATCHOICE']._serialized_start=1429
+  _globals['_CHATCHOICE']._serialized_end=1604
+  _globals['_TOKENLOGPROB']._serialized_start=1606
+  _globals['_TOKENLOGPROB']._serialized_end=1730
+  _globals['_TOPLOGPROB']._serialized_start=1732
+  _globals['_TOPLOGPROB']._serialized_end=1797
+  _globals['_CHATSTREAMRESPONSE']._serialized_start=1800
+  _globals['_CHATSTREAMRESPONSE']._serialized_end=1996
+  _globals['_BATCHREQUEST']._serialized_start=1999
+  _globals['_BATCHREQUEST']._serialized_end=2322
+  _globals['_BATCHRESPONSE']._serialized_start=2324
+  _globals['_BATCHRESPONSE']._serialized_end=2425
+  _globals['_MODELINFO']._serialized_start=2428
+  _globals['_MODELINFO']._serialized_end=2604
+  _globals['_LISTMODELSREQUEST']._serialized_start=2606
+  _globals['_LISTMODELSREQUEST']._serialized_end=2664
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2666
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2761
+  _globals['_LOADMODELREQUEST']._serialized_start=2763
+  _globals['_LOADMODELREQUEST']._serialized_end=2801
+  _globals['_UNLOADMODELREQUEST']._serialized_start=2803
+  _globals['_UNLOADMODELREQUEST']._serialized_end=2843
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=2845
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=2907
+  _globals['_INFERENCESERVICE']._serialized_start=2910
+  _globals['_INFERENCESERVICE']._serialized_end=3762
 # @@protoc_insertion_point(module_scope)
