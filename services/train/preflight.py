@@ -28,6 +28,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from services.common.modeling import resolve_model_source
 from services.common.paths import resolve_allowed_path
 from services.train import checkpoints
+from services.train.settings import TrainingSettings
 from services.train.store import OutputInUse, TrainJobStore, run_dir
 
 STRATEGIES = ("trl", "lora")
@@ -46,13 +47,13 @@ MAX_LENGTH_CAP = 1 << 20
 
 @dataclass
 class StartRequest:
-    """A StartTraining request as plain values. `config` holds the TrainingConfig fields that
-    are set (after defaults), by proto field name; `lora_config` is a nested dict."""
+    """A StartTraining request as plain values; `settings` is its TrainingConfig, typed, with
+    the proto's defaults filled in."""
 
     strategy: str
     dataset_path: str
     output_dir: str
-    config: dict[str, Any]
+    settings: TrainingSettings
     eval_dataset_path: str = ""
 
 
@@ -74,7 +75,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_numbers(strategy: str, cfg: dict[str, Any], config: Config) -> list[tuple[str, str]]:
+def check_numbers(strategy: str, s: TrainingSettings, config: Config) -> list[tuple[str, str]]:
     """Every out-of-range setting, as (field, description) pairs."""
     bad: list[tuple[str, str]] = []
 
@@ -82,50 +83,50 @@ def check_numbers(strategy: str, cfg: dict[str, Any], config: Config) -> list[tu
         if not ok:
             bad.append((f"config.{name}", description))
 
-    lr = cfg.get("learning_rate")
+    lr = s.learning_rate
     need("learning_rate", _finite(lr) and lr > 0, f"must be a finite number > 0, got {lr}")
-    bs = cfg.get("per_device_train_batch_size", 0)
+    bs = s.per_device_train_batch_size
     need("per_device_train_batch_size", 1 <= bs <= MAX_BATCH, f"must be between 1 and {MAX_BATCH}, got {bs}")
-    ga = cfg.get("gradient_accumulation_steps", 0)
+    ga = s.gradient_accumulation_steps
     need("gradient_accumulation_steps", 1 <= ga <= MAX_BATCH, f"must be between 1 and {MAX_BATCH}, got {ga}")
-    if "max_steps" in cfg:
-        need("max_steps", cfg["max_steps"] >= 1, f"must be >= 1, got {cfg['max_steps']}")
+    if s.max_steps is not None:
+        need("max_steps", s.max_steps >= 1, f"must be >= 1, got {s.max_steps}")
     else:
-        ep = cfg.get("num_train_epochs")
+        ep = s.num_train_epochs
         need("num_train_epochs", _finite(ep) and 0 < ep <= 100000, f"must be a number > 0, got {ep}")
-    need("warmup_steps", cfg.get("warmup_steps", 0) >= 0, f"must be >= 0, got {cfg.get('warmup_steps')}")
-    need("logging_steps", cfg.get("logging_steps", 0) >= 1, f"must be >= 1, got {cfg.get('logging_steps')}")
-    optim = cfg.get("optim", "")
-    need("optim", optim in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}, got {optim!r}")
-    wd = cfg.get("weight_decay")
+    need("warmup_steps", s.warmup_steps >= 0, f"must be >= 0, got {s.warmup_steps}")
+    need("logging_steps", s.logging_steps >= 1, f"must be >= 1, got {s.logging_steps}")
+    need("optim", s.optim in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}, got {s.optim!r}")
+    wd = s.weight_decay
     need("weight_decay", _finite(wd) and wd >= 0, f"must be a finite number >= 0, got {wd}")
-    sched = cfg.get("lr_scheduler_type", "")
+    sched = s.lr_scheduler_type
     need("lr_scheduler_type", sched in SCHEDULERS, f"must be one of {', '.join(SCHEDULERS)}, got {sched!r}")
-    need("seed", cfg.get("seed", 0) >= 0, f"must be >= 0, got {cfg.get('seed')}")
-    ml = cfg.get("max_length", 0)
+    need("seed", s.seed >= 0, f"must be >= 0, got {s.seed}")
+    ml = s.max_length
     need("max_length", 8 <= ml <= MAX_LENGTH_CAP, f"must be between 8 and {MAX_LENGTH_CAP}, got {ml}")
-    need("save_steps", cfg.get("save_steps", 0) >= 0, f"must be >= 0 (0: only at the end), got {cfg.get('save_steps')}")
-    need("save_total_limit", cfg.get("save_total_limit", 0) >= 1, f"must be >= 1, got {cfg.get('save_total_limit')}")
-    if "eval_steps" in cfg:
-        need("eval_steps", cfg["eval_steps"] >= 1, f"must be >= 1, got {cfg['eval_steps']}")
+    need("save_steps", s.save_steps >= 0, f"must be >= 0 (0: only at the end), got {s.save_steps}")
+    need("save_total_limit", s.save_total_limit >= 1, f"must be >= 1, got {s.save_total_limit}")
+    if s.eval_steps is not None:
+        need("eval_steps", s.eval_steps >= 1, f"must be >= 1, got {s.eval_steps}")
     max_procs = int(config.get("train.max_processes") or os.cpu_count() or 1)
-    n = cfg.get("num_processes", 1)
+    n = s.num_processes
     need("num_processes", 1 <= n <= max_procs,
          f"must be between 1 and {max_procs} (train.max_processes), got {n}")
-    if strategy == "lora":
-        lc = cfg.get("lora_config") or {}
-        r = lc.get("r", 0)
-        if not 1 <= r <= 4096:
-            bad.append(("config.lora_config.r", f"must be between 1 and 4096, got {r}"))
-        alpha = lc.get("lora_alpha")
+    lc = s.lora_config
+    if lc is not None and strategy == "trl":
+        bad.append(("config.lora_config", "strategy trl trains every weight; a LoRA adapter is strategy lora"))
+    elif lc is not None:
+        if not 1 <= lc.r <= 4096:
+            bad.append(("config.lora_config.r", f"must be between 1 and 4096, got {lc.r}"))
+        alpha = lc.lora_alpha
         if not (_finite(alpha) and alpha > 0):
             bad.append(("config.lora_config.lora_alpha", f"must be a finite number > 0, got {alpha}"))
-        dropout = lc.get("lora_dropout")
+        dropout = lc.lora_dropout
         if not (_finite(dropout) and 0 <= dropout < 1):
             bad.append(("config.lora_config.lora_dropout", f"must be in [0, 1), got {dropout}"))
-        if lc.get("bias") not in LORA_BIAS:
-            bad.append(("config.lora_config.bias", f"must be one of {', '.join(LORA_BIAS)}, got {lc.get('bias')!r}"))
-        targets = lc.get("target_modules") or []
+        if lc.bias not in LORA_BIAS:
+            bad.append(("config.lora_config.bias", f"must be one of {', '.join(LORA_BIAS)}, got {lc.bias!r}"))
+        targets = lc.target_modules
         if not targets:
             bad.append(("config.lora_config.target_modules", "must name at least one module"))
         elif any(not t or not t.strip() for t in targets):
@@ -198,7 +199,7 @@ def needs_remote_code(model_cfg: dict[str, Any]) -> bool:
     return bool(model_cfg.get("auto_map")) and model_cfg.get("model_type") not in known_model_types()
 
 
-def check_model(model_dir: Path, strategy: str, cfg: dict[str, Any], config: Config) -> None:
+def check_model(model_dir: Path, strategy: str, s: TrainingSettings, config: Config) -> None:
     """The model folder can be trained with this request. Raises InvalidArgument /
     FailedPrecondition naming config.model_path (or the LoRA field)."""
     field_name = "config.model_path"
@@ -219,16 +220,16 @@ def check_model(model_dir: Path, strategy: str, cfg: dict[str, Any], config: Con
             field_name, f"{model_dir} needs remote code (model_type {model_cfg.get('model_type')!r} with auto_map), "
                         "which is not run here (model.trust_remote_code is off)")
     limit = model_cfg.get("max_position_embeddings")
-    if isinstance(limit, int) and cfg.get("max_length", 0) > limit:
+    if isinstance(limit, int) and s.max_length > limit:
         raise InvalidArgument.for_field("config.max_length",
                                         f"must be <= {limit}, the model's max_position_embeddings")
-    if strategy == "lora":
+    if s.lora_config is not None:
         try:
             modules = module_names(model_dir)
         except (OSError, ValueError, struct.error) as exc:
             raise FailedPrecondition(f"{field_name}: cannot read the weights of {model_dir}: {exc}",
                                      [(field_name, "unreadable safetensors")]) from exc
-        targets = list((cfg.get("lora_config") or {}).get("target_modules") or [])
+        targets = list(s.lora_config.target_modules)
         missing = missing_target_modules(targets, modules)
         if missing:
             short = sorted({m.rsplit(".", 1)[-1] for m in modules if not m.endswith(("norm", "embed_tokens"))})
@@ -307,7 +308,7 @@ def check_start_request(req: StartRequest, config: Config, store: TrainJobStore)
     if req.strategy not in STRATEGIES:
         raise InvalidArgument.for_field(
             "strategy", f"must be `trl` or `lora` (gRPC: STRATEGY_TRL or STRATEGY_LORA), got {req.strategy or 'nothing'!r}")
-    bad = check_numbers(req.strategy, req.config, config)
+    bad = check_numbers(req.strategy, req.settings, config)
     if bad:
         raise InvalidArgument.for_fields(bad)
 
@@ -317,12 +318,12 @@ def check_start_request(req: StartRequest, config: Config, store: TrainJobStore)
         eval_dataset = resolve_allowed_path(req.eval_dataset_path, config, field="eval_dataset_path",
                                             must_exist=True, expect="file")
     out = resolve_allowed_path(req.output_dir, config, field="output_dir", expect="dir")
-    raw_model = req.config.get("model_path") or ""
+    raw_model = req.settings.model_path or ""
     if raw_model:
         model = resolve_allowed_path(raw_model, config, field="config.model_path", must_exist=True, expect="dir")
     else:
         model = config.base_model_path
-    check_model(model, req.strategy, req.config, config)
+    check_model(model, req.strategy, req.settings, config)
 
     workspace = config.workspace
     if _inside(out, workspace / "runs"):
@@ -333,8 +334,8 @@ def check_start_request(req: StartRequest, config: Config, store: TrainJobStore)
     check_output_dir(out, protected=protected, store=store)
 
     resume = None
-    if req.config.get("resume_from_checkpoint"):
-        resume = resolve_resume(req.config["resume_from_checkpoint"], out, config, store)
+    if req.settings.resume_from_checkpoint:
+        resume = resolve_resume(req.settings.resume_from_checkpoint, out, config, store)
 
     max_row_bytes = int(config.get("dataset.max_row_bytes", 1 << 20))
     report = validate_rows_for_training(dataset, max_row_bytes=max_row_bytes, field="dataset_path")

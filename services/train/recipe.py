@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from services.common.config import Config
 from services.train import checkpoints
 from services.train.plots import dedupe_log, plot_losses, read_log
 from services.train.progress import ProgressCallback, StopControl, is_main_process
+from services.train.settings import TrainingSettings
 from services.train.store import TrainJobStore
 from services.train.strategies import get_strategy
 
@@ -30,7 +30,7 @@ class RunSpec:
     task_id: str
     attempt: int
     strategy: str
-    config: dict[str, Any]
+    settings: TrainingSettings
     dataset: Path
     output_dir: Path
     model: Path
@@ -90,39 +90,37 @@ def load_conversations(path: Path, max_row_bytes: int):
 
 
 def build_sft_config(spec: RunSpec, device: str):
-    """SFTConfig from the task's settings (the documented defaults are already filled in)."""
+    """SFTConfig from the task's settings (the proto's defaults are already filled in)."""
     import torch
     from trl import SFTConfig
 
-    c = spec.config
+    s = spec.settings
     on_gpu = device == "cuda"
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
-    save_steps = int(c.get("save_steps", 50))
-    logging_steps = int(c.get("logging_steps", 20))
     has_eval = spec.eval_dataset is not None
     return SFTConfig(
         output_dir=str(spec.checkpoint_dir),
-        per_device_train_batch_size=int(c.get("per_device_train_batch_size", 2)),
-        per_device_eval_batch_size=int(c.get("per_device_train_batch_size", 2)),
-        gradient_accumulation_steps=int(c.get("gradient_accumulation_steps", 4)),
-        learning_rate=float(c.get("learning_rate", 2e-4)),
-        max_steps=int(c.get("max_steps", -1)),
-        num_train_epochs=float(c.get("num_train_epochs", 3.0)),
-        warmup_steps=int(c.get("warmup_steps", 10)),
+        per_device_train_batch_size=s.per_device_train_batch_size,
+        per_device_eval_batch_size=s.per_device_train_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        learning_rate=s.learning_rate,
+        max_steps=s.max_steps if s.max_steps is not None else -1,
+        num_train_epochs=s.num_train_epochs,
+        warmup_steps=s.warmup_steps,
         logging_strategy="steps",
-        logging_steps=logging_steps,
-        optim=str(c.get("optim", "adamw_torch")),
-        weight_decay=float(c.get("weight_decay", 0.01)),
-        lr_scheduler_type=str(c.get("lr_scheduler_type", "linear")),
-        seed=int(c.get("seed", 42)),
-        max_length=int(c.get("max_length", 512)),
-        group_by_length=bool(c.get("group_by_length", False)),
-        save_strategy="steps" if save_steps > 0 else "no",
-        save_steps=save_steps if save_steps > 0 else 500,
-        save_total_limit=int(c.get("save_total_limit", 2)),
+        logging_steps=s.logging_steps,
+        optim=s.optim,
+        weight_decay=s.weight_decay,
+        lr_scheduler_type=s.lr_scheduler_type,
+        seed=s.seed,
+        max_length=s.max_length,
+        group_by_length=s.group_by_length,
+        save_strategy="steps" if s.save_steps > 0 else "no",
+        save_steps=s.save_steps if s.save_steps > 0 else 500,
+        save_total_limit=s.save_total_limit,
         save_safetensors=True,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=int(c.get("eval_steps") or logging_steps) if has_eval else None,
+        eval_steps=(s.eval_steps or s.logging_steps) if has_eval else None,
         # The loss is on what the assistant says (the chat template marks it with
         # {% generation %}), never on the prompt.
         assistant_only_loss=True,
@@ -178,7 +176,7 @@ def run(spec: RunSpec, config: Config, *, store: TrainJobStore | None, stop: Sto
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=strategy.peft_config(spec.config),
+        peft_config=strategy.peft_config(spec.settings),
         callbacks=[progress],
     )
 

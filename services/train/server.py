@@ -8,12 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
-from services.common.proto_defaults import apply_defaults
 from services.common.server import ServiceRuntime, service_full_name
 from services.train.preflight import StartRequest
 from services.train.service import TrainingJobs
+from services.train.settings import settings_from_request
 from services.train.store import EventRecord, TaskRecord
 from wintrain.train.v1 import train_pb2, train_pb2_grpc
 
@@ -28,19 +27,6 @@ _KIND = {
     "status": train_pb2.EVENT_KIND_STATUS, "progress": train_pb2.EVENT_KIND_PROGRESS,
     "eval": train_pb2.EVENT_KIND_EVAL, "checkpoint": train_pb2.EVENT_KIND_CHECKPOINT,
 }
-
-
-def message_to_plain(message: Message) -> dict[str, Any]:
-    """The fields that are set, by proto name; sub-messages as dicts, repeated as lists."""
-    out: dict[str, Any] = {}
-    for fd, value in message.ListFields():
-        if fd.message_type is not None and not fd.is_repeated:
-            out[fd.name] = message_to_plain(value)
-        elif fd.is_repeated:
-            out[fd.name] = [message_to_plain(v) if fd.message_type is not None else v for v in value]
-        else:
-            out[fd.name] = value
-    return out
 
 
 def task_to_proto(task: TaskRecord, queue_position: int = -1) -> train_pb2.TrainingTask:
@@ -89,17 +75,12 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         self.jobs = jobs
 
     async def StartTraining(self, request, context):
-        # The interceptor filled the defaults of what the client sent; a settings group it left
-        # out (config, or lora_config of a LoRA run) gets the proto's defaults here.
-        if request.strategy == train_pb2.STRATEGY_LORA:
-            request.config.lora_config.SetInParent()
-        request.config.SetInParent()
-        apply_defaults(request.config)
         start = StartRequest(
             strategy=_STRATEGY_TO_NAME.get(request.strategy, ""),
             dataset_path=request.dataset_path,
             output_dir=request.output_dir,
-            config=message_to_plain(request.config),
+            settings=settings_from_request(request.config if request.HasField("config") else None,
+                                           lora=request.strategy == train_pb2.STRATEGY_LORA),
             eval_dataset_path=request.eval_dataset_path if request.HasField("eval_dataset_path") else "",
         )
         task, position = await self.jobs.start(start)

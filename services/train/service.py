@@ -81,7 +81,7 @@ class TrainingJobs:
             record = self.store.create(
                 task_id=task_id, strategy=request.strategy, dataset_path=request.dataset_path,
                 eval_dataset_path=request.eval_dataset_path, output_dir=request.output_dir,
-                config=request.config, resolved=accepted.resolved, message=message, resume_from=resume,
+                config=request.settings.as_plain(), resolved=accepted.resolved, message=message, resume_from=resume,
             )
         except OutputInUse as exc:  # another start took the folder while this one was in pre-flight
             raise output_in_use(exc) from None

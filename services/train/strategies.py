@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from services.train.settings import LoraSettings, TrainingSettings
+
 # Files the Trainer writes into a saved model that a plain Hugging Face loader never reads;
 # `training_args.bin` is a pickle, and no pickle belongs in a published model folder.
 _NOT_PUBLISHED = ("training_args.bin",)
@@ -19,7 +21,7 @@ _NOT_PUBLISHED = ("training_args.bin",)
 class TrainingStrategy(Protocol):
     name: str
 
-    def peft_config(self, config: dict[str, Any]) -> Any | None:
+    def peft_config(self, settings: TrainingSettings) -> Any | None:
         """The PEFT config SFTTrainer wraps the model with, or None to train every weight."""
 
     def save(self, trainer: Any, tokenizer: Any, out_dir: Path, base_model: Path) -> None:
@@ -37,7 +39,7 @@ class FullFineTune:
 
     name = "trl"
 
-    def peft_config(self, config: dict[str, Any]) -> None:
+    def peft_config(self, settings: TrainingSettings) -> None:
         return None
 
     def save(self, trainer: Any, tokenizer: Any, out_dir: Path, base_model: Path) -> None:
@@ -52,18 +54,8 @@ class LoraAdapter:
 
     name = "lora"
 
-    def peft_config(self, config: dict[str, Any]) -> Any:
-        from peft import LoraConfig
-
-        lc = config.get("lora_config") or {}
-        return LoraConfig(
-            task_type="CAUSAL_LM",
-            r=int(lc.get("r", 8)),
-            lora_alpha=float(lc.get("lora_alpha", 32)),
-            target_modules=list(lc.get("target_modules") or ["q_proj", "k_proj", "v_proj", "o_proj"]),
-            lora_dropout=float(lc.get("lora_dropout", 0.05)),
-            bias=str(lc.get("bias", "none")),
-        )
+    def peft_config(self, settings: TrainingSettings) -> Any:
+        return lora_config(settings.lora_config or LoraSettings.defaults())
 
     def save(self, trainer: Any, tokenizer: Any, out_dir: Path, base_model: Path) -> None:
         trainer.save_model(str(out_dir))
@@ -74,6 +66,14 @@ class LoraAdapter:
         if adapter_cfg.get("base_model_name_or_path") != str(base_model):
             adapter_cfg["base_model_name_or_path"] = str(base_model)
             cfg_path.write_text(json.dumps(adapter_cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def lora_config(lc: LoraSettings) -> Any:
+    """PEFT's LoraConfig from the task's LoRA settings."""
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", r=lc.r, lora_alpha=lc.lora_alpha, target_modules=list(lc.target_modules),
+                      lora_dropout=lc.lora_dropout, bias=lc.bias)
 
 
 STRATEGIES: dict[str, TrainingStrategy] = {s.name: s for s in (FullFineTune(), LoraAdapter())}

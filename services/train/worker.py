@@ -95,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoints.enforce_weights_only()
     from services.train.recipe import RunSpec, run
+    from services.train.settings import TrainingSettings
 
     r = task.resolved
     spec = RunSpec(
-        task_id=task.task_id, attempt=attempt, strategy=task.strategy, config=task.config,
+        task_id=task.task_id, attempt=attempt, strategy=task.strategy,
+        settings=TrainingSettings.from_plain(task.config),
         dataset=Path(r["dataset"]), output_dir=Path(r["output_dir"]), model=Path(r["model"]),
         run_dir=run_dir(args.workspace, task.task_id),
         eval_dataset=Path(r["eval_dataset"]) if r.get("eval_dataset") else None,
