@@ -6,7 +6,10 @@ Run `python -m tools.make_datasets` to rewrite, under ``services/common/assets/`
 - ``datasets/bilingual_chat.jsonl`` >= 300 Chinese/English conversations, single- and
   multi-turn, some with a system message, most short with a long tail of long ones,
 - ``datasets/qa_facts.jsonl``       a few invented question -> answer facts that training
-  tests use to check that a model really learns (they are kept out of the corpus).
+  tests use to check that a model really learns (they are kept out of the corpus),
+- ``datasets/preference_pairs.jsonl`` ~400 Chinese/English preference pairs (TRL's
+  conversational prompt / chosen / rejected rows): a concise correct answer preferred over a
+  rambling or a wrong one on the same prompt.
 
 All text is original. The output is a pure function of this file (fixed seeds), and the
 generated files are committed, so nothing here runs at build or test time.
@@ -1141,6 +1144,117 @@ def make_corpus() -> dict[str, str]:
     }
 
 
+# -- preference pairs ------------------------------------------------------------------------
+# A concise, correct answer (chosen) against a rambling one that buries the same answer in
+# filler, or a concise wrong one (another topic's answer, another translation), on the same
+# prompt. The rambling style is one consistent signal (stock openers, padding, closers), so a
+# short DPO run on the tiny model can learn to prefer the concise answer on held-out prompts.
+
+PREFERENCE_SEED = SEED + 18
+RAMBLE_OPEN_EN = (
+    "Well, that is a really interesting question, and there is honestly a lot one could say about it.",
+    "Oh, great question! Let me think about this for a moment before I answer, because it deserves care.",
+    "Hmm, okay, so before getting to the actual answer, let me say a few general words first.",
+    "That is something many people wonder about, so let me take the long way around to explain it.",
+)
+RAMBLE_MID_EN = (
+    "As I said, there are many ways to look at this, and people often have different opinions.",
+    "To be honest, it depends on a lot of things, and I could go on about it for quite a while.",
+    "Of course, this is just one way of putting it, and there may be other ways as well.",
+    "In any case, it is always good to keep an open mind and to think about it carefully.",
+)
+RAMBLE_CLOSE_EN = (
+    "Anyway, I hope this long explanation was somewhat helpful, and sorry for going on and on!",
+    "So yes, that is more or less it, I think, although I may have wandered off a bit there.",
+    "Well, I have talked for a long time now, so let me stop here, but there is much more to say!",
+)
+RAMBLE_OPEN_ZH = (
+    "嗯，这是一个非常有意思的问题，说实话可以聊的东西真的很多很多。",
+    "哦，好问题！在回答之前，我想先绕个弯子，从比较远的地方慢慢说起。",
+    "好的，那么在进入正题之前，请允许我先说几句比较笼统的话。",
+    "这个问题很多人都想过，所以我打算多花点时间，从头到尾详细地讲一讲。",
+)
+RAMBLE_MID_ZH = (
+    "正如我刚才说的，看待这件事的角度有很多，每个人的想法都可能不一样。",
+    "老实说，这要看很多因素，我可以就这个话题说上很久很久。",
+    "当然，这只是其中一种说法，也许还有别的说法，这个就见仁见智了。",
+    "总之，保持开放的心态、多想一想，总归是没有坏处的。",
+)
+RAMBLE_CLOSE_ZH = (
+    "总之，希望我这一大段啰嗦的解释多少有点用，不好意思说了这么多！",
+    "所以嘛，大概就是这样吧，虽然我好像有点跑题了。",
+    "好了，我已经说了很久了，就先到这里吧，不过其实还有很多可以说的！",
+)
+
+
+def _ramble(rng: random.Random, answer: str, zh: bool) -> str:
+    opens, mids, closes = (RAMBLE_OPEN_ZH, RAMBLE_MID_ZH, RAMBLE_CLOSE_ZH) if zh else \
+        (RAMBLE_OPEN_EN, RAMBLE_MID_EN, RAMBLE_CLOSE_EN)
+    sep = "" if zh else " "
+    parts = [rng.choice(opens), *rng.sample(mids, k=2), answer, rng.choice(mids),
+             rng.choice(closes)]
+    return sep.join(parts)
+
+
+def _pair(system: str | None, question: str, chosen: str, rejected: str) -> dict:
+    prompt = ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": "user", "content": question}]
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def make_preference_pairs(seed: int = PREFERENCE_SEED) -> list[dict]:
+    """The bundled preference set: ~400 pairs on ~340 prompts (every topic question in both
+    languages, greetings, arithmetic, translations), about 70% concise-vs-rambling and 30%
+    correct-vs-wrong, some prompts with two pairs, some with a system message."""
+    rng = random.Random(seed)
+    pairs: list[dict] = []
+
+    def system(zh: bool) -> str | None:
+        return rng.choice(SYSTEM_PROMPTS_ZH if zh else SYSTEM_PROMPTS_EN) if rng.random() < 0.15 \
+            else None
+
+    for topic in TOPICS:
+        for zh in (True, False):
+            answer = topic.zh_a if zh else topic.en_a
+            for question in (topic.zh_q if zh else topic.en_q):
+                sys_msg = system(zh)
+                others = [t for t in TOPICS if t is not topic]
+                wrong = rng.choice(others)
+                wrong_answer = wrong.zh_a if zh else wrong.en_a
+                kinds = ["ramble"] if rng.random() < 0.7 else ["wrong"]
+                if rng.random() < 0.2:
+                    kinds.append("wrong" if kinds[0] == "ramble" else "ramble")
+                for kind in kinds:
+                    rejected = _ramble(rng, answer, zh) if kind == "ramble" else wrong_answer
+                    pairs.append(_pair(sys_msg, question, answer, rejected))
+    for zh, greetings in ((True, GREETINGS_ZH), (False, GREETINGS_EN)):
+        for question, answer in greetings:
+            pairs.append(_pair(system(zh), question, answer, _ramble(rng, answer, zh)))
+    seen: set[str] = set()
+    while len(seen) < 40:
+        zh = len(seen) % 2 == 0
+        question, answer = _arith(rng, zh)
+        if question in seen:
+            continue
+        seen.add(question)
+        pairs.append(_pair(system(zh), question, answer, _ramble(rng, answer, zh)))
+    for zh in (True, False):
+        for k, (en, cn) in enumerate(TRANSLATIONS):
+            other_en, other_cn = TRANSLATIONS[(k + 1 + rng.randrange(len(TRANSLATIONS) - 1))
+                                              % len(TRANSLATIONS)]
+            if zh:
+                question, answer = f"“{en}”用中文怎么说？", f"“{en}”的中文是“{cn}”。"
+                wrong = f"“{en}”的中文是“{other_cn}”。"
+            else:
+                question, answer = f'How do you say "{cn}" in English?', f'"{cn}" in English is "{en}".'
+                wrong = f'"{cn}" in English is "{other_en}".'
+            rejected = wrong if rng.random() < 0.5 else _ramble(rng, answer, zh)
+            pairs.append(_pair(system(zh), question, answer, rejected))
+    rng.shuffle(pairs)
+    return pairs
+
+
 def _write(path: Path, text: str) -> None:
     atomic_write_text(path, text)
     path.chmod(0o644)  # mkstemp's 0600 would hide the file from a non-root container user
@@ -1155,6 +1269,8 @@ def main() -> None:
     for name, text in make_corpus().items():
         _write(corpus_dir / name, text)
     _write_jsonl(ASSETS / "datasets" / "bilingual_chat.jsonl", make_bilingual_chat())
+    _write(ASSETS / "datasets" / "preference_pairs.jsonl",
+           "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in make_preference_pairs()))
     _write_jsonl(
         ASSETS / "datasets" / "qa_facts.jsonl",
         [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA_FACTS],

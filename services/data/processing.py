@@ -40,8 +40,10 @@ from services.common.dataset.dedupe import content_hash, find_duplicates
 from services.common.errors import AlreadyExists, Cancelled, InvalidArgument, PermissionDenied
 from services.common.fsutil import atomic_write_text
 from services.common.proc import die_with_parent
+from services.common.dataset.preference import check_pair, dumps_pair, prompt_key
 from services.common.dataset.formats import (
     FORMATS,
+    PREFERENCE_FORMATS,
     detect_row_format,
     dumps_conversation,
     fast_conversation_line,
@@ -198,6 +200,7 @@ class _Pass1:
     conflict: tuple[int, str] | None = None  # (local number, format) of a row of another format
     offsets: array = field(default_factory=lambda: array("q", [0]))  # row i: [i], [i+1]
     buckets: list[array] = field(default_factory=list)  # (hash, local row) pairs by hash bits
+    groups: array = field(default_factory=lambda: array("q"))  # preference: row i's prompt hash
 
 
 def _pass1(reader: RowReader, start: int, end: int | None, fmt_choice: str, spool,
@@ -210,6 +213,8 @@ def _pass1(reader: RowReader, start: int, end: int | None, fmt_choice: str, spoo
     mask = (1 << _BUCKET_BITS) - 1
     buckets = res.buckets = [array("q") for _ in range(mask + 1)]
     offsets = res.offsets
+    groups = res.groups
+    group = None  # the prompt hash of a preference row, appended with the row
     fmt = None if fmt_choice == "auto" else fmt_choice
     fmt_first = 0
     end_offset = 0
@@ -277,14 +282,27 @@ def _pass1(reader: RowReader, start: int, end: int | None, fmt_choice: str, spoo
                             res.conflict = (number, row_fmt)
                             break
                         fmt, fmt_first = row_fmt, number
-                norm = normalize_row(obj, fmt, text_is_nfc=nfc_text)
-                if norm.messages is None:
-                    dropped[norm.reason] = dropped.get(norm.reason, 0) + 1
-                    continue
-                if norm.repairs:
-                    for r in norm.repairs:
-                        repairs[r] = repairs.get(r, 0) + 1
-                out = dumps_conversation(norm.messages, plain=not escaped and not norm.joined)
+                if fmt in PREFERENCE_FORMATS:
+                    # One rule set with validation; a bad pair is dropped for its first problem.
+                    if fmt_choice != "auto" and detect_row_format(obj) not in (fmt, "unknown"):
+                        dropped["format_mismatch"] = dropped.get("format_mismatch", 0) + 1
+                        continue
+                    pair, problems = check_pair(obj, fmt, text_is_nfc=nfc_text)
+                    if pair is None:
+                        code = problems[0][1]
+                        dropped[code] = dropped.get(code, 0) + 1
+                        continue
+                    out = dumps_pair(pair)
+                    group = content_hash(prompt_key(pair).encode("utf-8"))
+                else:
+                    norm = normalize_row(obj, fmt, text_is_nfc=nfc_text)
+                    if norm.messages is None:
+                        dropped[norm.reason] = dropped.get(norm.reason, 0) + 1
+                        continue
+                    if norm.repairs:
+                        for r in norm.repairs:
+                            repairs[r] = repairs.get(r, 0) + 1
+                    out = dumps_conversation(norm.messages, plain=not escaped and not norm.joined)
             if out == original:
                 data = raw  # already exactly in the output form: no re-encoding
             else:
@@ -293,6 +311,9 @@ def _pass1(reader: RowReader, start: int, end: int | None, fmt_choice: str, spoo
                 except UnicodeEncodeError:  # an unpaired surrogate escape
                     dropped["invalid_unicode"] = dropped.get("invalid_unicode", 0) + 1
                     continue
+            if group is not None:
+                groups.append(group)
+                group = None
             h = content_hash(data)
             b = buckets[h & mask]
             b.append(h)
@@ -484,7 +505,14 @@ def _process(input_path: Path, output_dir: Path, fmt_choice: str, split: SplitSp
                     + (f", {duplicates} duplicates" if duplicates else ""))
             raise InvalidArgument.for_field("input_file", desc)
 
-        if split is not None:
+        if split is not None and fmt in PREFERENCE_FORMATS:
+            groups = array("q")
+            for part in parts:
+                groups.extend(part.groups)
+            kept, (n_train, n_val, n_test) = _split_by_prompt(kept, groups, split)
+            outputs = [(targets[0], 0, n_train), (targets[1], n_train, n_train + n_val),
+                       (targets[2], n_train + n_val, len(kept))]
+        elif split is not None:
             if split.shuffle:
                 # Same permutation as the original's random.seed(seed); random.shuffle(rows).
                 random.Random(split.seed).shuffle(kept)
@@ -530,6 +558,32 @@ def _process(input_path: Path, output_dir: Path, fmt_choice: str, split: SplitSp
         repairs=dict(repairs),
         mode="split" if split is not None else "single",
     )
+
+
+def _split_by_prompt(kept: array, groups: array, split: SplitSpec
+                     ) -> tuple[array, tuple[int, int, int]]:
+    """Preference rows in split order, and the rows per split. The pairs of one prompt stay
+    in one split (a held-out pair never shares its prompt with a training pair): prompts are
+    taken in input order (shuffled with `seed` when `shuffle`), and each goes whole to the
+    split furthest short of its share (`split.counts` of the rows; train first on ties), so
+    the counts match the ratios to within one prompt's pairs."""
+    order: dict[int, list[int]] = {}
+    for i in kept:
+        order.setdefault(groups[i], []).append(i)
+    prompts = list(order.values())
+    if split.shuffle:
+        random.Random(split.seed).shuffle(prompts)
+    want = split.counts(len(kept))
+    have = [0, 0, 0]
+    chosen: list[list[int]] = [[], [], []]
+    for rows in prompts:
+        k = max(range(3), key=lambda j: (want[j] - have[j], -j))  # the one most short
+        chosen[k].extend(rows)
+        have[k] += len(rows)
+    out = array("q", chosen[0])
+    out.extend(chosen[1])
+    out.extend(chosen[2])
+    return out, (have[0], have[1], have[2])
 
 
 _STAGING = ".wintrain-new-"

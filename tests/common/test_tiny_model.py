@@ -226,16 +226,16 @@ def test_cli_builds_and_seeds(tiny_model_dir, tmp_path, capsys):
     shutil.copytree(tiny_model_dir, workspace / "models" / "tiny-chat")
     assert tiny_model.main(["--workspace", str(workspace)]) == 0
     printed = capsys.readouterr().out
-    assert "already built" in printed and "seeded 3" in printed
+    assert "already built" in printed and "seeded 4" in printed
     assert sorted(p.name for p in (workspace / "datasets").iterdir()) == [
-        "bilingual_chat.jsonl", "qa_facts.jsonl", "train_sample.jsonl"
+        "bilingual_chat.jsonl", "preference_pairs.jsonl", "qa_facts.jsonl", "train_sample.jsonl"
     ]
 
 
 def test_workspace_seed_copies_once_and_keeps_user_edits(tmp_path):
     copied = ensure_workspace_seed(tmp_path)
     names = sorted(p.name for p in copied)
-    assert names == ["bilingual_chat.jsonl", "qa_facts.jsonl", "train_sample.jsonl"]
+    assert names == ["bilingual_chat.jsonl", "preference_pairs.jsonl", "qa_facts.jsonl", "train_sample.jsonl"]
     for path in copied:
         assert path.read_bytes() == (DATASETS_DIR / path.name).read_bytes()
         assert path.stat().st_mode & 0o044  # readable by others, not mkstemp's 0600

@@ -18,7 +18,9 @@ from __future__ import annotations
 import unicodedata
 from json.encoder import encode_basestring as _json_string
 
-FORMATS = ("conversations", "sharegpt", "openai", "alpaca")
+SFT_FORMATS = ("conversations", "sharegpt", "openai", "alpaca")
+PREFERENCE_FORMATS = ("preference", "openai_preference")
+FORMATS = SFT_FORMATS + PREFERENCE_FORMATS
 FORMAT_CHOICES = ("auto",) + FORMATS
 
 # Lower-case role names and what they mean. Anything else makes a row unrepairable.
@@ -44,6 +46,24 @@ DROP_REASONS = {
     "unknown_role": "a role that is not user, assistant or system (or an alias)",
     "misplaced_system": "a system message after the first message",
     "no_complete_turn": "no user message followed by an assistant reply",
+    # Preference rows (services.common.dataset.preference; a row is dropped for its first
+    # problem).
+    "missing_prompt": "no prompt",
+    "invalid_prompt": "a prompt that is not text or a list of messages",
+    "empty_prompt": "an empty prompt",
+    "prompt_not_user_last": "a prompt that does not end with a user message",
+    "missing_chosen": "no chosen completion",
+    "missing_rejected": "no rejected completion",
+    "invalid_completion": "a completion that is not text or a list of messages",
+    "empty_completion": "an empty completion",
+    "non_assistant_completion": "a completion message whose role is not assistant",
+    "identical_completions": "chosen identical to rejected",
+    "missing_input": "no input.messages (OpenAI preference format)",
+    "missing_role": "a message without a role",
+    "bad_role": "a message role that is not allowed there",
+    "bad_turn_order": "prompt turns that do not alternate user / assistant",
+    "missing_content": "a message without content",
+    "invalid_content": "a message content that is not text",
 }
 
 
@@ -62,6 +82,10 @@ def detect_row_format(obj: object) -> str:
     """The format a parsed row is written in, or "unknown"."""
     if type(obj) is not dict:
         return "unknown"
+    if "chosen" in obj or "rejected" in obj:
+        return "preference"
+    if "preferred_output" in obj or "non_preferred_output" in obj:
+        return "openai_preference"
     conv = obj.get("conversations")
     if type(conv) is list:
         for msg in conv:
@@ -77,6 +101,10 @@ def detect_row_format(obj: object) -> str:
         return "alpaca"
     if "conversations" in obj:
         return "conversations"
+    if "prompt" in obj and "completion" not in obj:
+        return "preference"  # a pair without its completions: reported as such
+    if type(obj.get("input")) is dict and "messages" in obj["input"]:
+        return "openai_preference"
     return "unknown"
 
 

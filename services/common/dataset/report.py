@@ -68,3 +68,6 @@ class ValidationReport:
     issue_counts: dict[str, int] = field(default_factory=dict)
     # "jsonl" or "json_array".
     file_kind: str = "jsonl"
+    # "sft" (conversations, or a format ProcessDataset converts to them), "preference"
+    # (preference pairs), "" (no row of a known format).
+    dataset_kind: str = ""

@@ -1,6 +1,9 @@
-"""Dataset validation: streams a dataset file and checks every row of the conversations format.
+"""Dataset validation: streams a dataset file and checks every row of the conversations format,
+or of a preference format.
 
-A row is `{"conversations": [{"role": "user", "content": "..."}, ...]}`. The file is JSONL (one
+An SFT row is `{"conversations": [{"role": "user", "content": "..."}, ...]}`; a preference row is
+a pair in either format of `services.common.dataset.preference` (checked by its `check_pair`).
+A file holds one kind of data: SFT conversations or preference pairs. The file is JSONL (one
 row per line, whatever its extension) or one JSON array of rows; both are read as a stream, so
 memory stays flat whatever the file size. Rows are read as bytes and decoded one at a time, so a
 bad byte, a truncated last line or an oversized line is one row error, never a crash.
@@ -22,7 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from services.common.dataset import dedupe
-from services.common.dataset.formats import detect_row_format
+from services.common.dataset.formats import PREFERENCE_FORMATS, detect_row_format
+from services.common.dataset.preference import check_pair, dumps_pair, pair_key
 from services.common.dataset.parallel import (  # noqa: F401 - the library's names, here too
     PARALLEL_SLOTS,
     clean_stale_scratch,
@@ -162,7 +166,8 @@ def count_duplicates(path: Path, reader: "RowReader", folder: str | None,
                 if number not in candidates:
                     continue
                 text = raw.decode("utf-8")
-                key = dedupe.row_key(raw, text, parse_row(text.strip(_WS)))
+                obj = parse_row(text.strip(_WS))
+                key = dedupe.row_key(raw, text, obj) or pair_key(obj)
                 spool.write(key)
                 where[number] = (offset, len(key))
                 offset += len(key)
@@ -195,6 +200,9 @@ class _Partial:
     issue_counts: dict[str, int] = field(default_factory=dict)
     truncated: bool = False
     formats: dict[str, int] = field(default_factory=dict)
+    pairs: int = 0  # valid preference rows (of `valid`)
+    first_sft: int = 0  # local number of the first valid row of each kind (0: none)
+    first_pair: int = 0
 
 
 def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: int,
@@ -213,6 +221,7 @@ def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: 
 
     total = valid = 0
     systems = pair_messages = 0
+    pairs = first_sft = first_pair = 0
     turns_small = [0] * 64  # messages per conversation, the usual counts
     turns = part.turns
     chars_hist: Counter[int] = Counter()
@@ -260,17 +269,38 @@ def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: 
             # accepts exactly the valid conversations rows; explain_row says what is wrong with
             # any other). It is also the row's duplicate key.
             key = row_key(raw, text, obj)
-            if key is None:
-                fmt = detect_row_format(obj)
-                problems = explain_row(obj)
-                if problems:
-                    formats[fmt] = formats.get(fmt, 0) + 1
-                    record(number, problems)
-                    continue
-                key = raw  # pragma: no cover - the two agree (tests hold it)
-            conv = obj["conversations"]
-            system = conv[0]["role"] == "system"
             chars = 0
+            if key is not None:
+                conv = obj["conversations"]
+                if not first_sft:
+                    first_sft = number
+            else:
+                fmt = detect_row_format(obj)
+                if fmt in PREFERENCE_FORMATS:
+                    # A preference pair: the one rule set of services.common.dataset.preference;
+                    # its key is the canonical pair (ProcessDataset's output row).
+                    pair, problems = check_pair(obj, fmt)
+                    formats[fmt] = formats.get(fmt, 0) + 1
+                    if problems:
+                        record(number, problems)
+                        continue
+                    key = dumps_pair(pair).encode("utf-8")
+                    conv = pair["prompt"] + pair["chosen"]  # stats: prompt + chosen, as a chat
+                    chars = len(pair["rejected"][0]["content"])
+                    pairs += 1
+                    if not first_pair:
+                        first_pair = number
+                else:
+                    problems = explain_row(obj)
+                    if problems:
+                        formats[fmt] = formats.get(fmt, 0) + 1
+                        record(number, problems)
+                        continue
+                    key = raw  # pragma: no cover - the two agree (tests hold it)
+                    conv = obj["conversations"]
+                    if not first_sft:
+                        first_sft = number
+            system = conv[0]["role"] == "system"
             for m in conv:
                 chars += len(m["content"])
             valid += 1
@@ -301,6 +331,7 @@ def _validate_range(reader: RowReader, start: int, end: int | None, max_errors: 
             turns[n] = count
     part.entries, part.total, part.valid = number, total, valid
     part.systems, part.pair_messages = systems, pair_messages
+    part.pairs, part.first_sft, part.first_pair = pairs, first_sft, first_pair
     part.chars = dict(chars_hist)
     return part
 
@@ -377,8 +408,14 @@ def _report(path: Path, reader: RowReader, parts: list[_Partial], duplicates: in
     turns: Counter[int] = Counter()
     chars: Counter[int] = Counter()
     truncated = False
-    base = total = valid = systems = pair_messages = 0
+    base = total = valid = systems = pair_messages = pairs = 0
+    first_sft = first_pair = 0  # global numbers of the first valid row of each kind
     for part in parts:
+        if part.first_sft and not first_sft:
+            first_sft = base + part.first_sft
+        if part.first_pair and not first_pair:
+            first_pair = base + part.first_pair
+        pairs += part.pairs
         for number, field_, code, desc in part.issues:
             if len(issues) < max_errors:
                 line = base + number
@@ -395,7 +432,13 @@ def _report(path: Path, reader: RowReader, parts: list[_Partial], duplicates: in
         valid += part.valid
         systems += part.systems
         pair_messages += part.pair_messages
-    for issue in reader.file_issues:
+    file_issues = list(reader.file_issues)
+    if first_sft and first_pair:
+        file_issues.append(DatasetIssue(
+            0, "", "mixed_kinds",
+            f"the file mixes SFT conversations ({label} {first_sft} is one) and preference pairs "
+            f"({label} {first_pair} is one); a dataset holds one kind of rows"))
+    for issue in file_issues:
         issue_counts[issue.code] += 1
         if len(issues) < max_errors:
             issues.append(issue)
@@ -405,10 +448,12 @@ def _report(path: Path, reader: RowReader, parts: list[_Partial], duplicates: in
         raise InvalidArgument.for_field(field, f"{path} contains no rows")
 
     invalid = total - valid
-    if valid:
-        formats["conversations"] += valid
+    if valid - pairs:
+        formats["conversations"] += valid - pairs
     detected = max(formats.items(), key=lambda kv: (kv[1], kv[0] == "conversations"))[0] \
         if formats else "unknown"
+    kind = "preference" if detected in PREFERENCE_FORMATS else "" if detected == "unknown" \
+        else "sft"
     stats = DatasetStats(
         messages_per_role={"system": systems, "user": pair_messages // 2,
                            "assistant": pair_messages // 2},
@@ -417,7 +462,7 @@ def _report(path: Path, reader: RowReader, parts: list[_Partial], duplicates: in
         exact_duplicates=duplicates,
     )
     return ValidationReport(
-        is_valid=invalid == 0 and valid > 0 and not reader.file_issues,
+        is_valid=invalid == 0 and valid > 0 and not file_issues,
         total_samples=total,
         valid_samples=valid,
         invalid_samples=invalid,
@@ -428,6 +473,7 @@ def _report(path: Path, reader: RowReader, parts: list[_Partial], duplicates: in
         detected_format=detected,
         issue_counts=dict(issue_counts),
         file_kind=reader.kind,
+        dataset_kind=kind,
     )
 
 
@@ -437,16 +483,32 @@ def validate_rows_for_training(
     max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
     field: str = "dataset_path",
     max_errors: int = 10,
+    kind: str = "sft",
 ) -> ValidationReport:
     """Gate for the training service: validate `path` and raise InvalidArgument naming `field`
-    (with the first problems) unless every row is valid. Returns the report otherwise."""
+    (with the first problems) unless every row is valid and the file holds `kind` data
+    ("sft": conversations; "preference": preference pairs, as strategy dpo needs). Returns
+    the report otherwise."""
+    if kind not in ("sft", "preference"):
+        raise ValueError(f"kind must be sft or preference, got {kind!r}")
     report = validate_file(path, max_errors=max_errors, max_row_bytes=max_row_bytes, field=field)
+    if report.dataset_kind and report.dataset_kind != kind:
+        if kind == "preference":
+            desc = ("holds SFT conversations, not preference pairs: strategy dpo trains on rows "
+                    'like {"prompt": ..., "chosen": ..., "rejected": ...} (strings or message '
+                    'lists) or OpenAI\'s {"input": {"messages": [...]}, "preferred_output": '
+                    '[...], "non_preferred_output": [...]}')
+        else:
+            desc = ("holds preference pairs (prompt / chosen / rejected), not SFT "
+                    'conversations: train it with strategy "dpo", or give a conversations '
+                    "dataset")
+        raise InvalidArgument.for_field(field, f"dataset {desc}")
     if not report.is_valid:
         shown = "; ".join(report.error_messages[:3])
         more = report.invalid_samples - min(3, len(report.error_messages))
         tail = f" (and {more} more)" if more > 0 else ""
         hint = ""
-        if report.detected_format not in ("conversations", "unknown"):
+        if report.detected_format not in ("conversations", "unknown") + PREFERENCE_FORMATS:
             hint = (f" The file looks like the {report.detected_format} format: convert it "
                     "with ProcessDataset first.")
         raise InvalidArgument.for_field(

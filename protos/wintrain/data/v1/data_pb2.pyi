@@ -62,7 +62,7 @@ class DatasetStats(_message.Message):
     def __init__(self, messages_per_role: _Optional[_Mapping[str, int]] = ..., turns: _Optional[_Union[LengthStats, _Mapping]] = ..., chars: _Optional[_Union[LengthStats, _Mapping]] = ..., exact_duplicates: _Optional[int] = ...) -> None: ...
 
 class ValidateDatasetResponse(_message.Message):
-    __slots__ = ("is_valid", "total_samples", "valid_samples", "invalid_samples", "error_messages", "issues", "stats", "errors_truncated", "detected_format", "issue_counts", "file_kind")
+    __slots__ = ("is_valid", "total_samples", "valid_samples", "invalid_samples", "error_messages", "issues", "stats", "errors_truncated", "detected_format", "issue_counts", "file_kind", "dataset_kind")
     class IssueCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class ValidateDatasetResponse(_message.Message):
     DETECTED_FORMAT_FIELD_NUMBER: _ClassVar[int]
     ISSUE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     FILE_KIND_FIELD_NUMBER: _ClassVar[int]
+    DATASET_KIND_FIELD_NUMBER: _ClassVar[int]
     is_valid: bool
     total_samples: int
     valid_samples: int
@@ -92,7 +93,8 @@ class ValidateDatasetResponse(_message.Message):
     detected_format: str
     issue_counts: _containers.ScalarMap[str, int]
     file_kind: str
-    def __init__(self, is_valid: _Optional[bool] = ..., total_samples: _Optional[int] = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., error_messages: _Optional[_Iterable[str]] = ..., issues: _Optional[_Iterable[_Union[DatasetIssue, _Mapping]]] = ..., stats: _Optional[_Union[DatasetStats, _Mapping]] = ..., errors_truncated: _Optional[bool] = ..., detected_format: _Optional[str] = ..., issue_counts: _Optional[_Mapping[str, int]] = ..., file_kind: _Optional[str] = ...) -> None: ...
+    dataset_kind: str
+    def __init__(self, is_valid: _Optional[bool] = ..., total_samples: _Optional[int] = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., error_messages: _Optional[_Iterable[str]] = ..., issues: _Optional[_Iterable[_Union[DatasetIssue, _Mapping]]] = ..., stats: _Optional[_Union[DatasetStats, _Mapping]] = ..., errors_truncated: _Optional[bool] = ..., detected_format: _Optional[str] = ..., issue_counts: _Optional[_Mapping[str, int]] = ..., file_kind: _Optional[str] = ..., dataset_kind: _Optional[str] = ...) -> None: ...
 
 class SplitConfig(_message.Message):
     __slots__ = ("train_ratio", "val_ratio", "test_ratio", "shuffle", "seed")

@@ -65,7 +65,11 @@ class DataServiceServicer:
     def ProcessDataset(self, request, context):
         """Normalises a dataset (any supported format) to the conversations
         format, removes exact duplicates and writes train/val/test splits (or one
-        processed.json). Files are written atomically.
+        processed.json). Files are written atomically. Preference pairs are
+        written in TRL's conversational preference shape (`prompt` a message list
+        ending with a user turn, `chosen` and `rejected` one assistant message
+        each), deduplicated on the whole pair, and split so that all pairs of one
+        prompt land in the same split.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
