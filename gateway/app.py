@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import __version__
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, is_openai_path, openai_error_response
 from gateway.security import metrics_endpoint
 from gateway.middleware import GatewayMiddleware, RequestHooks
 from gateway.openai_compat import OPENAPI_PATHS as OPENAI_PATHS
@@ -120,7 +120,8 @@ class Gateway:
 def _error_handlers():
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "INVALID_ARGUMENT")
-        response = error_response(GatewayError(code, f"{request.method} {request.url.path}: {exc.detail}"))
+        err = GatewayError(code, f"{request.method} {request.url.path}: {exc.detail}")
+        response = openai_error_response(err) if is_openai_path(request.url.path) else error_response(err)
         response.status_code = exc.status_code
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
@@ -129,7 +130,8 @@ def _error_handlers():
     async def server_fault(request: Request, exc: Exception) -> Response:
         log.error("unhandled exception on %s %s", request.method, request.url.path, exc_info=exc)
         rid = request.scope.get("state", {}).get("request_id", "")
-        response = error_response(GatewayError("INTERNAL", f"internal error (request id {rid})"))
+        err = GatewayError("INTERNAL", f"internal error (request id {rid})")
+        response = openai_error_response(err) if is_openai_path(request.url.path) else error_response(err)
         response.headers[REQUEST_ID_KEY] = rid
         return response
 

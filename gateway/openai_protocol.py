@@ -5,24 +5,53 @@ request mapping in `gateway.openai_compat` reads its pass-through fields from th
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 
 class _Open(BaseModel):
-    # OpenAI clients send more than we read (frequency_penalty, user, ...): ignored, as vLLM does.
-    model_config = ConfigDict(extra="allow")
+    # OpenAI clients send more than we read (user, metadata, store...): ignored, as vLLM does.
+    # Strict: `"5"` is not a number and `true` not an integer, as in OpenAI's API.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
-class TextPart(_Open):
-    type: Literal["text"]
-    text: str
+class ContentPart(_Open):
+    type: str = Field(description="Only `text` parts are supported (anything else: 400).")
+    text: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _text_only(self):
+        if self.type != "text" or self.text is None:
+            raise PydanticCustomError("unsupported_part", "only text parts are supported")
+        return self
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str = Field(description="The arguments as JSON text.")
+
+
+class ToolCallParam(_Open):
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessageParam(_Open):
-    role: str = Field(description="`system`, `user` or `assistant` (`developer` is read as `system`).")
-    content: Optional[Union[str, list[TextPart]]] = Field(None, description="Text, or a list of text parts.")
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(
+        description="`developer` is read as `system`; `tool` carries a tool result.")
+    content: Optional[Union[str, list[ContentPart]]] = Field(None, description="Text, or a list of text parts.")
+    name: Optional[str] = None
+    tool_calls: Optional[list[ToolCallParam]] = Field(
+        None, description="An assistant turn's calls; rendered as `<tool_call>{json}</tool_call>` text.")
+    tool_call_id: Optional[str] = Field(None, description="The call a `tool` message answers.")
 
 
 class StreamOptions(_Open):
@@ -33,28 +62,73 @@ class ChatTemplateKwargs(_Open):
     enable_thinking: Optional[bool] = None
 
 
+class FunctionDefinition(_Open):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = Field(None, description="JSON Schema of the arguments.")
+    strict: Optional[bool] = None
+
+
+class ToolParam(_Open):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Open):
+    name: str
+
+
+class NamedToolChoice(_Open):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="Only `text`: constrained decoding is not available (`json_object`, `json_schema`: 400).")
+    json_schema: Optional[dict[str, Any]] = None
+
+
 # Fields copied as they are into InferenceService's ChatRequest (same names there).
 PASS_THROUGH = ("max_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty", "enable_thinking",
                 "min_tokens")
 
 
 class ChatCompletionRequest(_Open):
-    model: Optional[str] = Field(None, description="Model folder, adapter folder, or `default`.")
+    model: Optional[str] = Field(None, description="A model id of `GET /v1/models` (a model or adapter folder, "
+                                                   "workspace-relative), or `default`.")
     messages: list[ChatMessageParam] = Field(min_length=1)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, description="Same as `max_tokens`.")
-    temperature: Optional[float] = Field(None, ge=0)
+    max_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX, description="Same as `max_tokens`.")
+    temperature: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
     top_p: Optional[float] = Field(None, gt=0, le=1)
-    top_k: Optional[int] = Field(None, ge=0)
-    min_tokens: Optional[int] = Field(None, ge=0, description="vLLM extension: generate at least this many tokens.")
-    repetition_penalty: Optional[float] = Field(None, gt=0, description="vLLM extension.")
+    top_k: Optional[int] = Field(None, ge=0, le=INT32_MAX)
+    min_tokens: Optional[int] = Field(None, ge=0, le=INT32_MAX,
+                                      description="vLLM extension: generate at least this many tokens.")
+    repetition_penalty: Optional[float] = Field(None, gt=0, allow_inf_nan=False, description="vLLM extension.")
     enable_thinking: Optional[bool] = Field(None, description="Qwen3-style thinking on or off.")
     chat_template_kwargs: Optional[ChatTemplateKwargs] = Field(None, description="`enable_thinking` is read from here too.")
     stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX)
     n: Optional[int] = Field(None, ge=1, le=1, description="Only 1 is supported.")
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
+    tools: Optional[list[ToolParam]] = Field(
+        None, description="Functions the model may call, rendered by the model's chat template (a template that "
+                          "ignores tools: 400 naming `tools`). Calls come back in `tool_calls` with "
+                          "finish_reason `tool_calls`, parsed from `<tool_call>{json}</tool_call>` text.")
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = Field(
+        None, description="`auto` (default with tools) or `none`. `required` and a named function need "
+                          "constrained decoding, which is not available: 400.")
+    parallel_tool_calls: Optional[bool] = Field(None, description="Several calls may come back (true, the default);"
+                                                                  " false keeps the first.")
+    response_format: Optional[ResponseFormat] = None
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
 
 
 class Usage(BaseModel):
@@ -65,8 +139,9 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: Optional[str]
     reasoning_content: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
 
 
 class Choice(BaseModel):
@@ -86,9 +161,17 @@ class ChatCompletion(BaseModel):
     system_fingerprint: Optional[str] = None
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: Optional[FunctionCall] = None
+
+
 class Delta(BaseModel):
     role: Optional[str] = None
     content: Optional[str] = None
+    tool_calls: Optional[list[ToolCallDelta]] = None
 
 
 class ChunkChoice(BaseModel):
@@ -132,7 +215,49 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-MODELS = (ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, ModelList, ErrorResponse)
+MODELS = (ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, ModelCard, ModelList, ErrorResponse)
+
+
+# A union member's tag in a pydantic error location (`str`, `list[ContentPart]`,
+# `NamedToolChoice`, `literal['none','auto','required']`...): not a field of the request.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _UNION_TAG.match(part):
+            out += f".{part}" if out else part
+    return out
+
+
+def violations_of(error: ValidationError) -> list[tuple[str, str]]:
+    """(OpenAI field path, description) of each failed check, most specific first; of a union's
+    members' complaints only the deepest is kept (`messages[0].content[0]`, not also `...content`)."""
+    out: list[tuple[str, str]] = []
+    for item in sorted(error.errors(include_url=False), key=lambda e: -len(e["loc"])):
+        path = _path(item["loc"])
+        if any(kept == path or kept.startswith(path + ".") or kept.startswith(path + "[") for kept, _ in out):
+            continue
+        message = item["msg"]
+        out.append((path, message[0].lower() + message[1:] if message else message))
+    return out
+
+
+def parse_chat_request(body: dict) -> ChatCompletionRequest:
+    """The validated request; raises ValueError subclass `RequestInvalid` with the violations."""
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise RequestInvalid(violations_of(exc)) from None
+
+
+class RequestInvalid(ValueError):
+    def __init__(self, violations: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{f}: {d}" for f, d in violations))
+        self.violations = violations
 REF = "#/components/schemas/"
 
 
@@ -192,8 +317,8 @@ def openapi_paths() -> dict:
                 "200": {"description": "A `chat.completion`, or with `stream: true` `chat.completion.chunk` "
                                        "Server-Sent Events ending with `data: [DONE]`.",
                         "content": {**_json("ChatCompletion"),
-                                    "text/event-stream": {"schema": {"type": "string"},
-                                                          "x-event-schema": {"$ref": REF + "ChatCompletionChunk"}}}},
+                                    # The schema of each event's `data:` JSON.
+                                    "text/event-stream": {"schema": {"$ref": REF + "ChatCompletionChunk"}}}},
                 "default": error,
             },
         }},
@@ -201,8 +326,18 @@ def openapi_paths() -> dict:
             "tags": ["OpenAI compatible"],
             "operationId": "openai_models",
             "summary": "OpenAI model list (InferenceService.ListModels)",
-            "responses": {"200": {"description": "The served default model first, then every loaded one.",
+            "responses": {"200": {"description": "The served default model first (by its served name and its "
+                                                 "folder name), then every loaded one, by the id to send as `model`.",
                                   "content": _json("ModelList")},
+                          "default": error},
+        }},
+        "/v1/models/{model_id}": {"get": {
+            "tags": ["OpenAI compatible"],
+            "operationId": "openai_model",
+            "summary": "One model of GET /v1/models (404 when it is not served)",
+            "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "A model id as listed (may contain `/`)."}],
+            "responses": {"200": {"description": "The model.", "content": _json("ModelCard")},
                           "default": error},
         }},
     }

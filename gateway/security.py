@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from gateway.errors import GatewayError, is_openai_path, openai_error_response
 from gateway.middleware import RequestHooks
 from services.common.auth import check_bearer
 from services.common.errors import Unauthenticated
@@ -44,6 +45,9 @@ class AuthMetricsHooks(RequestHooks):
         try:
             check_bearer(headers.get(AUTHORIZATION_KEY, ""), self.keys)
         except Unauthenticated as exc:
+            if is_openai_path(path):
+                return openai_error_response(GatewayError(exc.code, exc.message),
+                                             headers={"WWW-Authenticate": "Bearer"})
             return JSONResponse({"success": False, "message": exc.message, "code": exc.code, "details": []},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return None

@@ -181,8 +181,11 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
 
     async def Chat(self, request, context):
         if request.HasField("model_path") and request.model_path.startswith("missing"):
-            raise NotFound(f"model_path: {request.model_path!r} does not exist")
+            raise NotFound(f"model_path: {request.model_path!r} does not exist", [("model_path", "does not exist")])
         last = request.messages[-1].content if request.messages else ""
+        if request.HasField("tools_json"):  # answers the last message as it is (tool call parsing)
+            return inference_pb2.ChatResponse(content=last, finish_reason="stop", model="default",
+                                              usage=inference_pb2.Usage(prompt_tokens=len(request.tools_json)))
         parts = [f"echo:{last}", f"roles={','.join(m.role for m in request.messages)}"]
         if request.HasField("seed"):
             parts.append(f"seed={request.seed}")
@@ -204,6 +207,11 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgument.for_field("messages[0].content", "refused")
         if last == "busy-first":
             raise ResourceExhausted("generation queue is full")
+        if request.HasField("tools_json"):  # the last message in 4-character pieces
+            for i in range(0, len(last), 4):
+                yield inference_pb2.ChatStreamResponse(token=last[i:i + 4])
+            yield inference_pb2.ChatStreamResponse(finish_reason="stop", usage=inference_pb2.Usage())
+            return
         if last == "slow-start":
             self.state.stream_started.set()
             try:
