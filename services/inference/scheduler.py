@@ -207,6 +207,8 @@ class Scheduler:
         logits, self._cache = self._forward(ids, self._mask, pos, self._cache, [s.adapter for s in rows])
         self.steps += 1
         self.max_rows_seen = max(self.max_rows_seen, len(rows))
+        STATS["steps"] += 1
+        STATS["peak_rows"] = max(STATS["peak_rows"], len(rows))
         plain = [i for i, s in enumerate(rows) if s.params.plain_greedy and len(s.ids) >= s.params.min_tokens]
         picked: dict[int, int] = {}
         if plain:
@@ -344,6 +346,10 @@ def cache_pad(torch, cache, n: int) -> None:
 
 
 # -- one scheduler per model object --------------------------------------------------------
+
+# Over all models since start (tests and benches reset and read it): decoding steps run, and
+# the widest batch one step decoded.
+STATS = {"steps": 0, "peak_rows": 0}
 
 _LOCK = threading.Lock()
 _SCHEDULERS: dict[int, Scheduler] = {}
