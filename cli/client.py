@@ -23,6 +23,7 @@ import grpc
 
 import services  # noqa: F401  (puts the generated stubs on sys.path)
 from services.common.auth import open_channel
+from services.common.balancing import channel_options
 from services.common.auth import client_metadata, gateway_url, https_verify
 from services.common.config import Config
 from services.common.rpc_status import decode_rpc_error
@@ -80,19 +81,23 @@ class Clients:
         self.config = config
         self.timeout = timeout  # --timeout: replaces every unary call's default deadline
         self.metadata = client_metadata(config)
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels: dict[tuple[str, bool], grpc.Channel] = {}
         max_bytes = int(config.get("server.max_message_bytes", 64 * 1024 * 1024))
         self._options = [("grpc.max_receive_message_length", max_bytes),
                          ("grpc.max_send_message_length", max_bytes)]
 
     def address(self, name: str) -> str:
-        return self.config.service_address(name)
+        """The gRPC target of service `name`: host:port, a DNS name, or its replicas."""
+        return self.config.service_target(name)
 
-    def channel(self, name: str) -> grpc.Channel:
-        if name not in self._channels:
-            address = self.address(name)
-            self._channels[name] = open_channel(self.config, address, options=self._options)
-        return self._channels[name]
+    def channel(self, name: str, health_check: bool = True) -> grpc.Channel:
+        """round_robin over the service's SERVING replicas (services.common.balancing);
+        `health_check=False` reaches replicas whatever their health (for `wintrain status`)."""
+        key = (name, health_check)
+        if key not in self._channels:
+            options = self._options + channel_options(health_check)
+            self._channels[key] = open_channel(self.config, self.address(name), options=options)
+        return self._channels[key]
 
     def stub(self, name: str):
         return _STUBS[name](self.channel(name))
@@ -104,7 +109,7 @@ class Clients:
 
     def reachable(self, name: str, timeout: float = 1.0) -> bool:
         try:
-            grpc.channel_ready_future(self.channel(name)).result(timeout=timeout)
+            grpc.channel_ready_future(self.channel(name, health_check=False)).result(timeout=timeout)
             return True
         except grpc.FutureTimeoutError:
             return False

@@ -39,6 +39,8 @@ def cmd_status(args, clients: Clients, out: Output) -> int:
     report: dict[str, dict] = {}
     for name in SERVICE_NAMES:
         state = probe(clients.channel(name), timeout=args.timeout or 3)
+        if state != "SERVING":  # no replica SERVING: what one says of itself (NOT_SERVING…)
+            state = probe(clients.channel(name, health_check=False), timeout=args.timeout or 3)
         report[name] = {"address": clients.address(name),
                         "status": "UNREACHABLE" if state in UNREACHABLE_CODES else state}
     http = HttpClient(clients.config)

@@ -96,7 +96,11 @@ class Gateway:
                              200 if healthy else 503)
 
     async def _check(self, name: str) -> str:
-        return await probe_async(self.backends.channel(name), timeout=self.health_timeout)
+        # SERVING when any replica is; otherwise what a replica says (NOT_SERVING) or UNAVAILABLE.
+        state = await probe_async(self.backends.channel(name), timeout=self.health_timeout)
+        if state == "SERVING":
+            return state
+        return await probe_async(self.backends.probe_channel(name), timeout=self.health_timeout)
 
     async def root(self, request: Request) -> Response:
         return json_response({"message": "Win-Train API", "version": __version__, "docs": "/docs", "status": "running"})

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from services.common.auth import client_metadata, open_channel
+from services.common.balancing import channel_options
 from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,7 +40,8 @@ class Backends:
 
     def __init__(self, config: Config):
         self.config = config
-        self.addresses = {name: config.service_address(name) for name in SERVICE_NAMES}
+        # gRPC targets: one address, a DNS name of several replicas, or services.<name>.addresses.
+        self.addresses = {name: config.service_target(name) for name in SERVICE_NAMES}
         max_bytes = int(config.get("server.max_message_bytes", 64 * 1024 * 1024))
         self._options = [
             ("grpc.max_receive_message_length", max_bytes),
@@ -50,16 +52,29 @@ class Backends:
         ]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._probes: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str], Any] = {}
 
-    def channel(self, name: str) -> grpc.aio.Channel:
+    def _open(self, cache: dict, name: str, health_check: bool) -> grpc.aio.Channel:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # channels belong to one loop (tests may run several)
-            self._loop, self._channels, self._callables = loop, {}, {}
-        channel = self._channels.get(name)
+            self._loop, self._channels, self._probes, self._callables = loop, {}, {}, {}
+            cache = self._channels if health_check else self._probes
+        channel = cache.get(name)
         if channel is None:
-            channel = self._channels[name] = open_channel(self.config, self.addresses[name], aio=True, options=self._options)
+            options = self._options + channel_options(health_check)
+            channel = cache[name] = open_channel(self.config, self.addresses[name], aio=True, options=options)
         return channel
+
+    def channel(self, name: str) -> grpc.aio.Channel:
+        """The channel calls go through: round_robin over the SERVING replicas
+        (services.common.balancing)."""
+        return self._open(self._channels, name, health_check=True)
+
+    def probe_channel(self, name: str) -> grpc.aio.Channel:
+        """round_robin without health checking, for `/health` to read a replica's own state
+        (NOT_SERVING) when no replica is SERVING."""
+        return self._open(self._probes, name, health_check=False)
 
     def callable(self, spec: RouteSpec):
         """The generic unary-unary or unary-stream multi-callable of a route's RPC."""
@@ -76,8 +91,9 @@ class Backends:
         return fn
 
     async def close(self) -> None:
-        channels, self._channels, self._callables = self._channels, {}, {}
-        for channel in channels.values():
+        channels = [*self._channels.values(), *self._probes.values()]
+        self._channels, self._probes, self._callables = {}, {}, {}
+        for channel in channels:
             await channel.close()
 
 
