@@ -229,6 +229,15 @@ class Config:
                 raise ConfigError(f"config: {key} must be one of {sorted(choices)}, got {value!r}")
         for name in SERVICE_NAMES:
             self.service_target(name)  # a bad services.<name>.addresses fails here, named
+        nnodes = self.get("train.nnodes")
+        if nnodes is not None and (isinstance(nnodes, bool) or not isinstance(nnodes, int) or nnodes < 1):
+            raise ConfigError(f"config: train.nnodes must be a whole number >= 1, got {nnodes!r}")
+        if nnodes is not None and nnodes > 1:
+            endpoint = self.get("train.rdzv_endpoint")
+            if not endpoint or not isinstance(endpoint, str):
+                raise ConfigError(f"config: train.nnodes={nnodes} needs train.rdzv_endpoint (host:port of the c10d "
+                                  f"rendezvous every node reaches), got {endpoint!r}")
+            _host_port("train.rdzv_endpoint", endpoint.strip())
         roots = self.get("storage.allowed_roots")
         if roots is not None and not isinstance(roots, list):
             raise ConfigError(f"config: storage.allowed_roots must be a list of paths, got {roots!r}")

@@ -210,10 +210,10 @@ class Scheduler:
     def worker_command(self, task_id: str, attempt: int, nprocs: int, config_file: Path) -> list[str]:
         worker_args = [task_id, "--workspace", str(self.workspace), "--attempt", str(attempt),
                        "--config", str(config_file)]
-        if nprocs <= 1:
-            return [sys.executable, "-m", WORKER_MODULE, *worker_args]
         nnodes = int(self.config.get("train.nnodes", 1) or 1)
         endpoint = self.config.get("train.rdzv_endpoint")
+        if nprocs <= 1 and nnodes <= 1:  # several nodes need torchrun even at one process each
+            return [sys.executable, "-m", WORKER_MODULE, *worker_args]
         cmd = ["-m", "torch.distributed.run", "--nproc_per_node", str(nprocs)]
         if nnodes > 1 and endpoint:
             cmd += ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", str(endpoint),
