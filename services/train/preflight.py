@@ -31,7 +31,11 @@ from services.train import checkpoints
 from services.train.settings import TrainingSettings
 from services.train.store import OutputInUse, TrainJobStore, run_dir
 
-STRATEGIES = ("trl", "lora")
+STRATEGIES = ("trl", "lora", "dpo")
+# TRL 1.16's DPO losses (DPOConfig.loss_type; a test checks each against the installed TRL).
+# `sft` alone is no preference loss and is not offered.
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
 # Optimizers and schedulers that work with the installed packages alone (others need
 # bitsandbytes, apex, galore… or extra scheduler arguments). A test checks each is known to
 # the installed transformers.
@@ -75,7 +79,32 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_numbers(strategy: str, s: TrainingSettings, config: Config) -> list[tuple[str, str]]:
+def check_early_stopping(s: TrainingSettings, has_eval: bool) -> list[tuple[str, str]]:
+    """Early stopping watches eval_loss at each evaluation and keeps the best checkpoint: it needs
+    an eval dataset, and a checkpoint saved at evaluation steps (save_steps a multiple of them)."""
+    patience, threshold = s.early_stopping_patience, s.early_stopping_threshold
+    if patience is None:
+        if threshold is not None:
+            return [("config.early_stopping_threshold", "applies only with early_stopping_patience, which is not set")]
+        return []
+    bad = []
+    if patience < 1:
+        bad.append(("config.early_stopping_patience", f"must be >= 1 (evaluations without improvement), got {patience}"))
+    if not has_eval:
+        bad.append(("config.early_stopping_patience",
+                    "needs eval_dataset_path: early stopping watches the eval_loss of an eval dataset"))
+    if threshold is not None and not (_finite(threshold) and threshold >= 0):
+        bad.append(("config.early_stopping_threshold", f"must be a finite number >= 0, got {threshold}"))
+    every = s.eval_steps or s.logging_steps
+    if has_eval and every >= 1 and (s.save_steps < 1 or s.save_steps % every):
+        bad.append(("config.save_steps", f"must be a multiple of the evaluation interval ({every}, eval_steps or "
+                                         f"logging_steps) with early_stopping_patience, so that every checkpoint "
+                                         f"has an eval_loss; got {s.save_steps}"))
+    return bad
+
+
+def check_numbers(strategy: str, s: TrainingSettings, config: Config, *,
+                  has_eval: bool = False) -> list[tuple[str, str]]:
     """Every out-of-range setting, as (field, description) pairs."""
     bad: list[tuple[str, str]] = []
 
@@ -112,6 +141,13 @@ def check_numbers(strategy: str, s: TrainingSettings, config: Config) -> list[tu
     n = s.num_processes
     need("num_processes", 1 <= n <= max_procs,
          f"must be between 1 and {max_procs} (train.max_processes), got {n}")
+    if strategy == "dpo":
+        need("beta", _finite(s.beta) and s.beta > 0, f"must be a finite number > 0, got {s.beta}")
+        need("loss_type", s.loss_type in DPO_LOSSES, f"must be one of {', '.join(DPO_LOSSES)}, got {s.loss_type!r}")
+        mpl = s.max_prompt_length
+        need("max_prompt_length", 1 <= mpl < ml,
+             f"must be >= 1 and less than max_length ({ml}), which bounds prompt and answer together, got {mpl}")
+    bad.extend(check_early_stopping(s, has_eval))
     lc = s.lora_config
     if lc is not None and strategy == "trl":
         bad.append(("config.lora_config", "strategy trl trains every weight; a LoRA adapter is strategy lora"))
@@ -307,8 +343,9 @@ def check_start_request(req: StartRequest, config: Config, store: TrainJobStore)
 
     if req.strategy not in STRATEGIES:
         raise InvalidArgument.for_field(
-            "strategy", f"must be `trl` or `lora` (gRPC: STRATEGY_TRL or STRATEGY_LORA), got {req.strategy or 'nothing'!r}")
-    bad = check_numbers(req.strategy, req.settings, config)
+            "strategy", f"must be `trl`, `lora` or `dpo` (gRPC: STRATEGY_TRL, STRATEGY_LORA or STRATEGY_DPO), "
+                        f"got {req.strategy or 'nothing'!r}")
+    bad = check_numbers(req.strategy, req.settings, config, has_eval=bool(req.eval_dataset_path))
     if bad:
         raise InvalidArgument.for_fields(bad)
 
@@ -338,10 +375,14 @@ def check_start_request(req: StartRequest, config: Config, store: TrainJobStore)
         resume = resolve_resume(req.settings.resume_from_checkpoint, out, config, store)
 
     max_row_bytes = int(config.get("dataset.max_row_bytes", 1 << 20))
-    report = validate_rows_for_training(dataset, max_row_bytes=max_row_bytes, field="dataset_path")
+    # `dpo` trains on preference pairs, the others on conversations: a file of the other kind is
+    # refused naming the field, and so is a file with bad rows (the first line numbers named).
+    kind = "preference" if req.strategy == "dpo" else "sft"
+    report = validate_rows_for_training(dataset, max_row_bytes=max_row_bytes, field="dataset_path", kind=kind)
     eval_samples = 0
     if eval_dataset is not None:
-        eval_report = validate_rows_for_training(eval_dataset, max_row_bytes=max_row_bytes, field="eval_dataset_path")
+        eval_report = validate_rows_for_training(eval_dataset, max_row_bytes=max_row_bytes, field="eval_dataset_path",
+                                                 kind=kind)
         eval_samples = eval_report.valid_samples
     return AcceptedTask(
         request=req,

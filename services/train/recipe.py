@@ -1,9 +1,12 @@
 """The training recipe, top to bottom: load, prepare data, build the trainer, train, save.
 
 Runs inside a worker process (one per task, or one per rank under torchrun). The strategy
-(`trl` full fine-tune or `lora`) only decides the PEFT config and how the output is saved;
-the rest is TRL's SFTTrainer with the chat template of the tokenizer and the loss on assistant
-tokens only.
+decides the objective, the PEFT config and how the output is saved: `trl` (full fine-tune) and
+`lora` train with TRL's SFTTrainer on conversations (the chat template of the tokenizer, the loss
+on assistant tokens only); `dpo` trains with TRL's DPOTrainer on preference pairs, with or without
+a LoRA adapter. Every run writes TensorBoard event files into its run folder
+(`<workspace>/runs/<task>/tensorboard`), and with `early_stopping_patience` stops when eval_loss
+stops improving and publishes the best checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from services.train.plots import dedupe_log, plot_losses, read_log
 from services.train.progress import ProgressCallback, StopControl, is_main_process
 from services.train.settings import TrainingSettings
 from services.train.store import TrainJobStore
-from services.train.strategies import get_strategy
+from services.train.strategies import DPO, get_strategy
 
 COMPLETED = "completed"
 
@@ -46,6 +49,10 @@ class RunSpec:
     def log_path(self) -> Path:
         return self.run_dir / "training_log.jsonl"
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.run_dir / "tensorboard"
+
 
 @dataclass
 class RunResult:
@@ -58,6 +65,7 @@ class RunResult:
     last_checkpoint: str = ""
     first_step_seconds: float | None = None  # train begin -> first step done
     first_step_wall: float | None = None  # time.time() of the first step done
+    note: str = ""  # for the task's message: where early stopping stopped, which checkpoint is best
 
 
 def load_conversations(path: Path, max_row_bytes: int):
@@ -89,16 +97,30 @@ def load_conversations(path: Path, max_row_bytes: int):
     return Dataset.from_list(rows)
 
 
-def build_sft_config(spec: RunSpec, device: str):
-    """SFTConfig from the task's settings (the proto's defaults are already filled in)."""
+def load_preference_pairs(path: Path, max_row_bytes: int):
+    """The preference file (any format the dataset library reads) as a `datasets.Dataset` in
+    TRL's conversational preference shape: `prompt`, `chosen`, `rejected` message lists."""
+    from datasets import Dataset
+
+    from services.common.dataset.preference import read_preference_rows
+
+    rows = read_preference_rows(path, max_row_bytes=max_row_bytes)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return Dataset.from_list([row.as_trl() for row in rows])
+
+
+def trainer_arguments(spec: RunSpec, device: str) -> dict:
+    """The TrainingArguments both objectives share, from the task's settings (the proto's
+    defaults are already filled in)."""
     import torch
-    from trl import SFTConfig
 
     s = spec.settings
     on_gpu = device == "cuda"
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
     has_eval = spec.eval_dataset is not None
-    return SFTConfig(
+    early = s.early_stopping_patience is not None
+    return dict(
         output_dir=str(spec.checkpoint_dir),
         per_device_train_batch_size=s.per_device_train_batch_size,
         per_device_eval_batch_size=s.per_device_train_batch_size,
@@ -113,7 +135,6 @@ def build_sft_config(spec: RunSpec, device: str):
         weight_decay=s.weight_decay,
         lr_scheduler_type=s.lr_scheduler_type,
         seed=s.seed,
-        max_length=s.max_length,
         group_by_length=s.group_by_length,
         save_strategy="steps" if s.save_steps > 0 else "no",
         save_steps=s.save_steps if s.save_steps > 0 else 500,
@@ -121,9 +142,11 @@ def build_sft_config(spec: RunSpec, device: str):
         save_safetensors=True,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=(s.eval_steps or s.logging_steps) if has_eval else None,
-        # The loss is on what the assistant says (the chat template marks it with
-        # {% generation %}), never on the prompt.
-        assistant_only_loss=True,
+        # Early stopping (pre-flight checked an eval dataset and save_steps a multiple of the
+        # eval steps): the Trainer keeps the best checkpoint by eval_loss and loads it at the end.
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
         # Checkpointing trades compute for memory; on CPU there is no memory to save.
         gradient_checkpointing=on_gpu,
         bf16=bf16,
@@ -132,14 +155,70 @@ def build_sft_config(spec: RunSpec, device: str):
         dataloader_pin_memory=on_gpu,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
-        report_to="none",
+        # Train and eval curves of every task: `tensorboard --logdir <workspace>/runs`.
+        report_to=["tensorboard"],
+        logging_dir=str(spec.tensorboard_dir),
         disable_tqdm=True,
     )
+
+
+def build_sft_config(spec: RunSpec, device: str):
+    """SFTConfig from the task's settings."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **trainer_arguments(spec, device),
+        max_length=spec.settings.max_length,
+        # The loss is on what the assistant says (the chat template marks it with
+        # {% generation %}), never on the prompt.
+        assistant_only_loss=True,
+    )
+
+
+def build_dpo_config(spec: RunSpec, device: str):
+    """DPOConfig from the task's settings: TRL's `beta` and `loss_type`; `max_length` bounds
+    prompt and completion (the prompt is first cut to `max_prompt_length`, see `dpo_trainer`)."""
+    from trl import DPOConfig
+
+    s = spec.settings
+    return DPOConfig(**trainer_arguments(spec, device), max_length=s.max_length, beta=s.beta,
+                     loss_type=[s.loss_type])
+
+
+def dpo_trainer(max_prompt_length: int):
+    """TRL's DPOTrainer, with prompts cut to their last `max_prompt_length` tokens (the turns
+    next to the answer). TRL 1.16 has no such setting; it drops a pair whose prompt alone fills
+    `max_length` instead, which the cut makes impossible (pre-flight keeps it below)."""
+    from trl import DPOTrainer
+
+    class PromptLimitedDPOTrainer(DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            if "prompt_ids" not in dataset.column_names:
+                return dataset
+            return dataset.map(lambda row: {"prompt_ids": row["prompt_ids"][-max_prompt_length:]})
+
+    return PromptLimitedDPOTrainer
+
+
+def early_stopping_note(settings: TrainingSettings, state) -> str:
+    """Where an early-stopping run stopped and which checkpoint is the best (the output)."""
+    if settings.early_stopping_patience is None:
+        return ""
+    step, total = int(state.global_step), int(state.max_steps)
+    where = (f"stopped early at step {step} of {total}: eval_loss did not improve for "
+             f"{settings.early_stopping_patience} evaluations" if step < total
+             else f"ran all {total} steps without stopping early")
+    best = state.best_model_checkpoint
+    if best:
+        where += f"; best checkpoint: {Path(best).name} (eval_loss {state.best_metric:.4f}), saved as the output"
+    return where
 
 
 def run(spec: RunSpec, config: Config, *, store: TrainJobStore | None, stop: StopControl) -> RunResult:
     """Train one task. Returns how it ended; raises on errors (the worker reports them)."""
     import torch
+    from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
     from services.common.modeling import ModelSource, load_model, pick_device
@@ -154,31 +233,37 @@ def run(spec: RunSpec, config: Config, *, store: TrainJobStore | None, stop: Sto
 
     if stop_requested():  # cancelled while the worker was starting: no need to load anything
         return RunResult(outcome=stop_requested() or "signal", last_checkpoint=str(spec.resume_from or ""))
-    strategy = get_strategy(spec.strategy)
+    strategy = get_strategy(spec.strategy, spec.settings)
     device, _ = pick_device(config)
 
     # 1. Load the model and its tokenizer (fp32 weights; mixed precision is the Trainer's job).
     source = ModelSource(path=spec.model, kind="full", base_path=spec.model)
     model, tokenizer = load_model(source, config, device="cpu", dtype=torch.float32, trainable=True)
 
-    # 2. Prepare the data: conversations -> `messages`; TRL applies the chat template.
+    # 2. Prepare the data: conversations -> `messages`, or preference pairs -> `prompt`,
+    # `chosen`, `rejected` (message lists); TRL applies the chat template.
     max_row_bytes = int(config.get("dataset.max_row_bytes", 1 << 20))
-    train_dataset = load_conversations(spec.dataset, max_row_bytes)
-    eval_dataset = load_conversations(spec.eval_dataset, max_row_bytes) if spec.eval_dataset else None
+    load = load_preference_pairs if strategy.objective == DPO else load_conversations
+    train_dataset = load(spec.dataset, max_row_bytes)
+    eval_dataset = load(spec.eval_dataset, max_row_bytes) if spec.eval_dataset else None
 
     # 3. Build the trainer.
     spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     progress = ProgressCallback(store if main else None, spec.task_id, spec.attempt, stop,
                                 spec.log_path if main else None)
-    trainer = SFTTrainer(
-        model=model,
-        args=build_sft_config(spec, device),
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=strategy.peft_config(spec.settings),
-        callbacks=[progress],
-    )
+    callbacks = [progress]
+    if spec.settings.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.settings.early_stopping_patience,
+                                               early_stopping_threshold=spec.settings.early_stopping_threshold or 0.0))
+    common = dict(model=model, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                  peft_config=strategy.peft_config(spec.settings), callbacks=callbacks)
+    if strategy.objective == DPO:
+        # ref_model None: with a LoRA adapter the reference is the base (adapter disabled); for a
+        # full DPO, TRL loads a frozen copy of the model folder.
+        trainer = dpo_trainer(spec.settings.max_prompt_length)(args=build_dpo_config(spec, device), ref_model=None,
+                                                               **common)
+    else:
+        trainer = SFTTrainer(args=build_sft_config(spec, device), **common)
 
     # 4. Train (from a checkpoint when resuming; its pickles are checked first).
     resume = None
@@ -194,7 +279,8 @@ def run(spec: RunSpec, config: Config, *, store: TrainJobStore | None, stop: Sto
                        metrics={k: float(v) for k, v in (output.metrics or {}).items()
                                 if isinstance(v, (int, float))},
                        last_checkpoint=progress.last_checkpoint, first_step_seconds=progress.first_step_seconds,
-                       first_step_wall=progress.first_step_wall)
+                       first_step_wall=progress.first_step_wall,
+                       note=early_stopping_note(spec.settings, state))
     if progress.stopped_reason is not None:
         result.outcome = progress.stopped_reason
         return result

@@ -16,7 +16,7 @@ from services.train.settings import settings_from_request
 from services.train.store import EventRecord, TaskRecord
 from wintrain.train.v1 import train_pb2, train_pb2_grpc
 
-_STRATEGY_TO_NAME = {train_pb2.STRATEGY_TRL: "trl", train_pb2.STRATEGY_LORA: "lora"}
+_STRATEGY_TO_NAME = {train_pb2.STRATEGY_TRL: "trl", train_pb2.STRATEGY_LORA: "lora", train_pb2.STRATEGY_DPO: "dpo"}
 _NAME_TO_STRATEGY = {v: k for k, v in _STRATEGY_TO_NAME.items()}
 _STATUS = {
     "pending": train_pb2.TASK_STATUS_PENDING, "running": train_pb2.TASK_STATUS_RUNNING,

@@ -1,8 +1,9 @@
-"""Training strategies: what differs between a full fine-tune and a LoRA run.
+"""Training strategies: what differs between a full fine-tune, a LoRA run and a DPO run.
 
 A strategy is a small object behind a Protocol (composition, not a base class with hooks):
-it says which PEFT config (if any) the SFTTrainer gets, and how the final output is saved.
-Everything else (data, trainer, checkpoints) is the same recipe.
+it says which objective (TRL trainer) trains it, which PEFT config (if any) the trainer gets,
+and how the final output is saved. Everything else (data loading, checkpoints, progress) is the
+same recipe.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from services.train.settings import LoraSettings, TrainingSettings
 _NOT_PUBLISHED = ("training_args.bin",)
 
 
+SFT, DPO = "sft", "dpo"  # objectives: TRL's SFTTrainer on conversations, DPOTrainer on preference pairs
+
+
 class TrainingStrategy(Protocol):
     name: str
+    objective: str
 
     def peft_config(self, settings: TrainingSettings) -> Any | None:
         """The PEFT config SFTTrainer wraps the model with, or None to train every weight."""
@@ -38,6 +43,7 @@ class FullFineTune:
     (safetensors, config, generation config, tokenizer with its chat template)."""
 
     name = "trl"
+    objective = SFT
 
     def peft_config(self, settings: TrainingSettings) -> None:
         return None
@@ -53,6 +59,7 @@ class LoraAdapter:
     adapter_config.json names its base model folder (absolute path), plus the tokenizer."""
 
     name = "lora"
+    objective = SFT
 
     def peft_config(self, settings: TrainingSettings) -> Any:
         return lora_config(settings.lora_config or LoraSettings.defaults())
@@ -76,11 +83,34 @@ def lora_config(lc: LoraSettings) -> Any:
                       lora_dropout=lc.lora_dropout, bias=lc.bias)
 
 
-STRATEGIES: dict[str, TrainingStrategy] = {s.name: s for s in (FullFineTune(), LoraAdapter())}
+class DirectPreference:
+    """`dpo`: TRL's DPOTrainer on preference pairs. With `lora_config` it trains a LoRA adapter
+    (the reference is the same model with the adapter disabled: no second copy) and the output is
+    an adapter folder, as `lora`'s; without it every weight is trained against a frozen reference
+    copy and the output is a full model folder, as `trl`'s."""
+
+    name = "dpo"
+    objective = DPO
+
+    def __init__(self, lora: bool):
+        self.lora = lora
+        self._output: TrainingStrategy = LoraAdapter() if lora else FullFineTune()
+
+    def peft_config(self, settings: TrainingSettings) -> Any | None:
+        return self._output.peft_config(settings)
+
+    def save(self, trainer: Any, tokenizer: Any, out_dir: Path, base_model: Path) -> None:
+        self._output.save(trainer, tokenizer, out_dir, base_model)
 
 
-def get_strategy(name: str) -> TrainingStrategy:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})") from None
+STRATEGIES = ("trl", "lora", "dpo")
+
+
+def get_strategy(name: str, settings: TrainingSettings) -> TrainingStrategy:
+    if name == "trl":
+        return FullFineTune()
+    if name == "lora":
+        return LoraAdapter()
+    if name == "dpo":
+        return DirectPreference(lora=settings.lora_config is not None)
+    raise ValueError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     where = f"; last checkpoint: {Path(result.last_checkpoint).name}" if result.last_checkpoint else ""
     if result.outcome == "completed":
         store.finish(task.task_id, COMPLETED, attempt=attempt,
-                     message=f"completed: {result.step} steps; saved to {spec.output_dir}",
+                     message=f"completed: {result.step} steps; saved to {spec.output_dir}"
+                             + (f"; {result.note}" if result.note else ""),
                      fields={"progress": 100.0, "current_step": result.step, "total_steps": result.total_steps},
                      metrics=metrics)
     elif result.outcome == STOP_CANCEL:
