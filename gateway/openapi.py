@@ -23,6 +23,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from gateway.jsonmap import enum_words
 from gateway.routes import RouteSpec
+from services.common.proto_rules import field_rules, is_required
 from wintrain.api.v1 import options_pb2
 
 log = logging.getLogger("wintrain.gateway")
@@ -32,16 +33,17 @@ REF = "#/components/schemas/"
 _SCALARS: dict[int, dict] = {
     F.TYPE_DOUBLE: {"type": "number", "format": "double"},
     F.TYPE_FLOAT: {"type": "number", "format": "float"},
-    F.TYPE_INT64: {"type": "integer", "format": "int64"},
-    F.TYPE_SINT64: {"type": "integer", "format": "int64"},
-    F.TYPE_SFIXED64: {"type": "integer", "format": "int64"},
-    F.TYPE_UINT64: {"type": "integer", "format": "int64", "minimum": 0},
-    F.TYPE_FIXED64: {"type": "integer", "format": "int64", "minimum": 0},
-    F.TYPE_INT32: {"type": "integer", "format": "int32"},
-    F.TYPE_SINT32: {"type": "integer", "format": "int32"},
-    F.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
-    F.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0},
-    F.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0},
+    # Integer bounds are the type's: the gateway refuses a number out of them (400).
+    F.TYPE_INT64: {"type": "integer", "format": "int64", "minimum": -2**63, "maximum": 2**63 - 1},
+    F.TYPE_SINT64: {"type": "integer", "format": "int64", "minimum": -2**63, "maximum": 2**63 - 1},
+    F.TYPE_SFIXED64: {"type": "integer", "format": "int64", "minimum": -2**63, "maximum": 2**63 - 1},
+    F.TYPE_UINT64: {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**64 - 1},
+    F.TYPE_FIXED64: {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**64 - 1},
+    F.TYPE_INT32: {"type": "integer", "format": "int32", "minimum": -2**31, "maximum": 2**31 - 1},
+    F.TYPE_SINT32: {"type": "integer", "format": "int32", "minimum": -2**31, "maximum": 2**31 - 1},
+    F.TYPE_SFIXED32: {"type": "integer", "format": "int32", "minimum": -2**31, "maximum": 2**31 - 1},
+    F.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 - 1},
+    F.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 - 1},
     F.TYPE_BOOL: {"type": "boolean"},
     F.TYPE_STRING: {"type": "string"},
     F.TYPE_BYTES: {"type": "string", "format": "byte"},
@@ -82,6 +84,18 @@ ERROR_SCHEMA = {
         "service": {"type": "string", "description": "The backend that could not be reached (503)."},
     },
 }
+
+
+STREAM_ERROR_SCHEMA = {
+    "type": "object",
+    "description": "The last event of a stream that failed after it started (then `[DONE]`).",
+    "required": ["error"],
+    "properties": {"error": {"$ref": REF + "Error"}},
+}
+
+
+def _plain(number: float) -> int | float:
+    return int(number) if float(number).is_integer() else number
 
 
 # --------------------------------------------------------------------------- comments
@@ -198,8 +212,39 @@ class SchemaBuilder:
             self.schemas[desc.full_name] = {}  # placeholder: recursive types refer to it
             props = {fd.name: self.field(fd) for fd in desc.fields}
             schema = self.describe({"type": "object", "properties": props}, desc.full_name)
+            required = [fd.name for fd in desc.fields if is_required(fd)]
+            if required:
+                schema["required"] = required
             self.schemas[desc.full_name] = schema
         return {"$ref": REF + desc.full_name}
+
+    def constrain(self, fd: FieldDescriptor, schema: dict) -> None:
+        """What the server checks where a request enters (services.common.proto_rules), from
+        the same options: REQUIRED (never null, never empty) and the declared bounds. Any other
+        field may be null in JSON (read as unset)."""
+        rules = field_rules(fd)
+        is_list = schema.get("type") == "array"
+        target = schema["items"] if is_list else schema
+        if rules is not None:
+            if rules.HasField("minimum"):
+                target["minimum"] = _plain(rules.minimum)
+                if rules.exclusive_minimum:
+                    target["exclusiveMinimum"] = True
+            if rules.HasField("maximum"):
+                target["maximum"] = _plain(rules.maximum)
+                if rules.exclusive_maximum:
+                    target["exclusiveMaximum"] = True
+            if rules.HasField("min_length"):
+                schema["minItems" if is_list else "minLength"] = rules.min_length
+            if rules.HasField("max_length"):
+                schema["maxItems" if is_list else "maxLength"] = rules.max_length
+        if is_required(fd):
+            if is_list:
+                schema["minItems"] = max(1, schema.get("minItems", 1))
+            elif schema.get("type") == "string":
+                schema["minLength"] = max(1, schema.get("minLength", 1))
+        else:
+            schema["nullable"] = True
 
     def value(self, fd: FieldDescriptor) -> dict:
         if fd.message_type is not None:
@@ -217,6 +262,7 @@ class SchemaBuilder:
             schema = self.value(fd)
             if "$ref" in schema:
                 schema = {"allOf": [schema]}  # siblings of $ref are ignored in OpenAPI 3.0
+        self.constrain(fd, schema)
         opts = fd.GetOptions()
         if opts.HasExtension(options_pb2.default_value):
             raw = opts.Extensions[options_pb2.default_value]
@@ -253,7 +299,7 @@ def _query_parameters(builder: SchemaBuilder, desc: Descriptor, skip: set[str], 
             continue
         schema = builder.field(fd)
         description = schema.pop("description", None)
-        param = {"name": name, "in": "query", "required": False, "schema": schema}
+        param = {"name": name, "in": "query", "required": not prefix and is_required(fd), "schema": schema}
         if fd.is_repeated:
             param.update(style="form", explode=True)
         if description:
@@ -289,6 +335,10 @@ def _request_body(builder: SchemaBuilder, spec: RouteSpec) -> dict | None:
             body = copy.deepcopy(builder.schemas[desc.full_name])
             for field_name in spec.bound_fields:
                 body["properties"].pop(field_name, None)
+            if "required" in body:
+                body["required"] = [n for n in body["required"] if n not in spec.bound_fields]
+                if not body["required"]:
+                    del body["required"]
             builder.schemas[name] = body
             schema = {"$ref": REF + name}
     else:
@@ -346,7 +396,8 @@ def operation(builder: SchemaBuilder, spec: RouteSpec) -> dict:
             "description": (f"Server-Sent Events: one `data: <JSON {spec.method.output_type.name}>` event per "
                             "message, then `data: [DONE]`. A failure after the first event is sent as "
                             "`data: {\"error\": <Error>}` before `[DONE]`."),
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "x-event-schema": event_schema}},
+            # The schema is each event's `data:` JSON (`[DONE]` aside), not the raw text.
+            "content": {"text/event-stream": {"schema": {"anyOf": [event_schema, {"$ref": REF + "StreamError"}]}}},
         }
     else:
         ok = {"description": "OK", "content": {"application/json": {"schema": _response_schema(builder, spec)}}}
@@ -372,6 +423,7 @@ def build_openapi(specs: list[RouteSpec], version: str, extra_paths: dict | None
         paths.setdefault(path, {}).update(item)
     schemas = dict(sorted(builder.schemas.items()))
     schemas["Error"] = ERROR_SCHEMA
+    schemas["StreamError"] = STREAM_ERROR_SCHEMA
     schemas.update(extra_schemas or {})
     return {
         "openapi": "3.0.3",

@@ -23,7 +23,7 @@ def prepare_googleapis() -> None:
     src = Path(annotations_pb2.__file__).resolve().parent
     dest = REPO / ".cache" / "googleapis" / "google" / "api"
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("annotations.proto", "http.proto"):
+    for name in ("annotations.proto", "http.proto", "field_behavior.proto"):
         shutil.copyfile(src / name, dest / name)
 
 

@@ -28,6 +28,7 @@ from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.common.metadata import REQUEST_ID_KEY
 from services.common.reflection import enable_reflection
 from services.common.proto_defaults import DefaultLimits, apply_request_defaults
+from services.common.proto_rules import check_request
 from services.common.rpc_status import rich_status, to_grpc_status  # noqa: F401 - rich_status re-exported
 from services.common.metrics import RPC_STREAMS_OPEN, metrics_bind_host, rpc_observer, start_metrics_server
 from services.common.logging_setup import new_request_id, request_id_var, setup_logging
@@ -148,6 +149,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 raise InvalidArgument.for_field("request", f"not a valid {request.type_name} message")
             if isinstance(request, Message):
                 apply_request_defaults(request, self.default_limits)
+                check_request(request)  # REQUIRED fields and declared bounds, named
             yield
         except grpc.aio.AbortError:
             code = _code_name(context)

@@ -156,7 +156,12 @@ def test_body_over_the_limit_is_400_naming_the_limit(client):
 
 
 def test_empty_body_means_all_defaults(client):
+    # Required fields (input_file, output_dir: `field_behavior` REQUIRED) are refused by name...
     r = client.post("/api/data/process", content=b"")
+    assert r.status_code == 400
+    assert [d["field"] for d in r.json()["details"]] == ["input_file", "output_dir"]
+    # ...every other field gets its default.
+    r = client.post("/api/data/process", json={"input_file": "in.jsonl", "output_dir": "out"})
     assert r.status_code == 200
     data = r.json()["data"]
     # The gateway sends an empty request; the documented default (format_type "auto") is applied
@@ -180,7 +185,7 @@ def test_body_fields_nested_defaults_and_int64_as_numbers(client):
 
 
 def test_camel_case_json_names_are_accepted(client):
-    r = client.post("/api/data/process", json={"outputDir": "o2", "formatType": "alpaca"})
+    r = client.post("/api/data/process", json={"inputFile": "in.jsonl", "outputDir": "o2", "formatType": "alpaca"})
     data = r.json()["data"]
     assert data["output_dir"] == "o2" and data["detected_format"] == "alpaca"
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dwintrain/api/v1/options.proto\x12\x0fwintrain.api.v1\x1a google/protobuf/descriptor.proto\"J\n\x0cHttpEnvelope\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x15\n\rsuccess_field\x18\x02 \x01(\t\x12\x12\n\ndata_field\x18\x03 \x01(\t:V\n\rhttp_envelope\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x1d.wintrain.api.v1.HttpEnvelope:?\n\x15http_deadline_seconds\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x01:6\n\tjson_name\x12!.google.protobuf.EnumValueOptions\x18\xdb\x86\x03 \x01(\t:6\n\rdefault_value\x12\x1d.google.protobuf.FieldOptions\x18\xe5\x86\x03 \x01(\tB.\n\x13\x63om.wintrain.api.v1P\x01Z\x15wintrain/api/v1;apiv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dwintrain/api/v1/options.proto\x12\x0fwintrain.api.v1\x1a google/protobuf/descriptor.proto\"J\n\x0cHttpEnvelope\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x15\n\rsuccess_field\x18\x02 \x01(\t\x12\x12\n\ndata_field\x18\x03 \x01(\t\"\xd6\x01\n\nFieldRules\x12\x14\n\x07minimum\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07maximum\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x11\x65xclusive_minimum\x18\x03 \x01(\x08\x12\x19\n\x11\x65xclusive_maximum\x18\x04 \x01(\x08\x12\x17\n\nmin_length\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x17\n\nmax_length\x18\x06 \x01(\rH\x03\x88\x01\x01\x42\n\n\x08_minimumB\n\n\x08_maximumB\r\n\x0b_min_lengthB\r\n\x0b_max_length:V\n\rhttp_envelope\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x1d.wintrain.api.v1.HttpEnvelope:?\n\x15http_deadline_seconds\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x01:6\n\tjson_name\x12!.google.protobuf.EnumValueOptions\x18\xdb\x86\x03 \x01(\t:6\n\rdefault_value\x12\x1d.google.protobuf.FieldOptions\x18\xe5\x86\x03 \x01(\t:K\n\x05rules\x12\x1d.google.protobuf.FieldOptions\x18\xe6\x86\x03 \x01(\x0b\x32\x1b.wintrain.api.v1.FieldRulesB.\n\x13\x63om.wintrain.api.v1P\x01Z\x15wintrain/api/v1;apiv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\023com.wintrain.api.v1P\001Z\025wintrain/api/v1;apiv1'
   _globals['_HTTPENVELOPE']._serialized_start=84
   _globals['_HTTPENVELOPE']._serialized_end=158
+  _globals['_FIELDRULES']._serialized_start=161
+  _globals['_FIELDRULES']._serialized_end=375
 # @@protoc_insertion_point(module_scope)

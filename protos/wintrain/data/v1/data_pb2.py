@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from wintrain.api.v1 import options_pb2 as wintrain_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwintrain/data/v1/data.proto\x12\x10wintrain.data.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dwintrain/api/v1/options.proto\"+\n\x16ValidateDatasetRequest\x12\x11\n\tfile_path\x18\x01 \x01(\t\"J\n\x0c\x44\x61tasetIssue\x12\x0c\n\x04line\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\\\n\x0bLengthStats\x12\x0b\n\x03min\x18\x01 \x01(\x01\x12\x0b\n\x03p50\x18\x02 \x01(\x01\x12\x0b\n\x03p90\x18\x03 \x01(\x01\x12\x0b\n\x03p99\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x0c\n\x04mean\x18\x06 \x01(\x01\"\x8c\x02\n\x0c\x44\x61tasetStats\x12N\n\x11messages_per_role\x18\x01 \x03(\x0b\x32\x33.wintrain.data.v1.DatasetStats.MessagesPerRoleEntry\x12,\n\x05turns\x18\x02 \x01(\x0b\x32\x1d.wintrain.data.v1.LengthStats\x12,\n\x05\x63hars\x18\x03 \x01(\x0b\x32\x1d.wintrain.data.v1.LengthStats\x12\x18\n\x10\x65xact_duplicates\x18\x04 \x01(\x05\x1a\x36\n\x14MessagesPerRoleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xcb\x03\n\x17ValidateDatasetResponse\x12\x10\n\x08is_valid\x18\x01 \x01(\x08\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x15\n\rvalid_samples\x18\x03 \x01(\x05\x12\x17\n\x0finvalid_samples\x18\x04 \x01(\x05\x12\x16\n\x0e\x65rror_messages\x18\x05 \x03(\t\x12.\n\x06issues\x18\x06 \x03(\x0b\x32\x1e.wintrain.data.v1.DatasetIssue\x12-\n\x05stats\x18\x07 \x01(\x0b\x32\x1e.wintrain.data.v1.DatasetStats\x12\x18\n\x10\x65rrors_truncated\x18\x08 \x01(\x08\x12\x17\n\x0f\x64\x65tected_format\x18\t \x01(\t\x12P\n\x0cissue_counts\x18\n \x03(\x0b\x32:.wintrain.data.v1.ValidateDatasetResponse.IssueCountsEntry\x12\x11\n\tfile_kind\x18\x0b \x01(\t\x12\x14\n\x0c\x64\x61taset_kind\x18\x0c \x01(\t\x1a\x32\n\x10IssueCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xf0\x01\n\x0bSplitConfig\x12!\n\x0btrain_ratio\x18\x01 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x00\x88\x01\x01\x12\x1f\n\tval_ratio\x18\x02 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.1H\x01\x88\x01\x01\x12 \n\ntest_ratio\x18\x03 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.1H\x02\x88\x01\x01\x12\x1e\n\x07shuffle\x18\x04 \x01(\x08\x42\x08\xaa\xb6\x18\x04trueH\x03\x88\x01\x01\x12\x19\n\x04seed\x18\x05 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x34\x32H\x04\x88\x01\x01\x42\x0e\n\x0c_train_ratioB\x0c\n\n_val_ratioB\r\n\x0b_test_ratioB\n\n\x08_shuffleB\x07\n\x05_seed\"\xbd\x01\n\x15ProcessDatasetRequest\x12\x12\n\ninput_file\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12$\n\x0b\x66ormat_type\x18\x03 \x01(\tB\n\xaa\xb6\x18\x06\"auto\"H\x00\x88\x01\x01\x12\x33\n\x0csplit_config\x18\x04 \x01(\x0b\x32\x1d.wintrain.data.v1.SplitConfig\x12\x11\n\toverwrite\x18\x05 \x01(\x08\x42\x0e\n\x0c_format_type\"<\n\nOutputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x05\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xed\x03\n\x16ProcessDatasetResponse\x12\x12\n\noutput_dir\x18\x01 \x01(\t\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x14\n\x0ckept_samples\x18\x03 \x01(\x05\x12\x15\n\rtrain_samples\x18\x04 \x01(\x05\x12\x13\n\x0bval_samples\x18\x05 \x01(\x05\x12\x14\n\x0ctest_samples\x18\x06 \x01(\x05\x12\x46\n\x07\x64ropped\x18\x07 \x03(\x0b\x32\x35.wintrain.data.v1.ProcessDatasetResponse.DroppedEntry\x12\x1a\n\x12\x64uplicates_removed\x18\x08 \x01(\x05\x12+\n\x05\x66iles\x18\t \x03(\x0b\x32\x1c.wintrain.data.v1.OutputFile\x12\x17\n\x0f\x64\x65tected_format\x18\n \x01(\t\x12\x46\n\x07repairs\x18\x0b \x03(\x0b\x32\x35.wintrain.data.v1.ProcessDatasetResponse.RepairsEntry\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a.\n\x0cRepairsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x32\xce\x02\n\x0b\x44\x61taService\x12\xa3\x01\n\x0fValidateDataset\x12(.wintrain.data.v1.ValidateDatasetRequest\x1a).wintrain.data.v1.ValidateDatasetResponse\";\x8a\xb5\x18\x1d\n\x11\x44\x61taset validated\x12\x08is_valid\x82\xd3\xe4\x93\x02\x14\"\x12/api/data/validate\x12\x98\x01\n\x0eProcessDataset\x12\'.wintrain.data.v1.ProcessDatasetRequest\x1a(.wintrain.data.v1.ProcessDatasetResponse\"3\x8a\xb5\x18\x13\n\x11\x44\x61taset processed\x82\xd3\xe4\x93\x02\x16\"\x11/api/data/process:\x01*B1\n\x14\x63om.wintrain.data.v1P\x01Z\x17wintrain/data/v1;datav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwintrain/data/v1/data.proto\x12\x10wintrain.data.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1dwintrain/api/v1/options.proto\"1\n\x16ValidateDatasetRequest\x12\x17\n\tfile_path\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"J\n\x0c\x44\x61tasetIssue\x12\x0c\n\x04line\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\\\n\x0bLengthStats\x12\x0b\n\x03min\x18\x01 \x01(\x01\x12\x0b\n\x03p50\x18\x02 \x01(\x01\x12\x0b\n\x03p90\x18\x03 \x01(\x01\x12\x0b\n\x03p99\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x0c\n\x04mean\x18\x06 \x01(\x01\"\x8c\x02\n\x0c\x44\x61tasetStats\x12N\n\x11messages_per_role\x18\x01 \x03(\x0b\x32\x33.wintrain.data.v1.DatasetStats.MessagesPerRoleEntry\x12,\n\x05turns\x18\x02 \x01(\x0b\x32\x1d.wintrain.data.v1.LengthStats\x12,\n\x05\x63hars\x18\x03 \x01(\x0b\x32\x1d.wintrain.data.v1.LengthStats\x12\x18\n\x10\x65xact_duplicates\x18\x04 \x01(\x05\x1a\x36\n\x14MessagesPerRoleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xcb\x03\n\x17ValidateDatasetResponse\x12\x10\n\x08is_valid\x18\x01 \x01(\x08\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x15\n\rvalid_samples\x18\x03 \x01(\x05\x12\x17\n\x0finvalid_samples\x18\x04 \x01(\x05\x12\x16\n\x0e\x65rror_messages\x18\x05 \x03(\t\x12.\n\x06issues\x18\x06 \x03(\x0b\x32\x1e.wintrain.data.v1.DatasetIssue\x12-\n\x05stats\x18\x07 \x01(\x0b\x32\x1e.wintrain.data.v1.DatasetStats\x12\x18\n\x10\x65rrors_truncated\x18\x08 \x01(\x08\x12\x17\n\x0f\x64\x65tected_format\x18\t \x01(\t\x12P\n\x0cissue_counts\x18\n \x03(\x0b\x32:.wintrain.data.v1.ValidateDatasetResponse.IssueCountsEntry\x12\x11\n\tfile_kind\x18\x0b \x01(\t\x12\x14\n\x0c\x64\x61taset_kind\x18\x0c \x01(\t\x1a\x32\n\x10IssueCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xf0\x01\n\x0bSplitConfig\x12!\n\x0btrain_ratio\x18\x01 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.8H\x00\x88\x01\x01\x12\x1f\n\tval_ratio\x18\x02 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.1H\x01\x88\x01\x01\x12 \n\ntest_ratio\x18\x03 \x01(\x01\x42\x07\xaa\xb6\x18\x03\x30.1H\x02\x88\x01\x01\x12\x1e\n\x07shuffle\x18\x04 \x01(\x08\x42\x08\xaa\xb6\x18\x04trueH\x03\x88\x01\x01\x12\x19\n\x04seed\x18\x05 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x34\x32H\x04\x88\x01\x01\x42\x0e\n\x0c_train_ratioB\x0c\n\n_val_ratioB\r\n\x0b_test_ratioB\n\n\x08_shuffleB\x07\n\x05_seed\"\xc9\x01\n\x15ProcessDatasetRequest\x12\x18\n\ninput_file\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\noutput_dir\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x0b\x66ormat_type\x18\x03 \x01(\tB\n\xaa\xb6\x18\x06\"auto\"H\x00\x88\x01\x01\x12\x33\n\x0csplit_config\x18\x04 \x01(\x0b\x32\x1d.wintrain.data.v1.SplitConfig\x12\x11\n\toverwrite\x18\x05 \x01(\x08\x42\x0e\n\x0c_format_type\"<\n\nOutputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x05\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xed\x03\n\x16ProcessDatasetResponse\x12\x12\n\noutput_dir\x18\x01 \x01(\t\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x14\n\x0ckept_samples\x18\x03 \x01(\x05\x12\x15\n\rtrain_samples\x18\x04 \x01(\x05\x12\x13\n\x0bval_samples\x18\x05 \x01(\x05\x12\x14\n\x0ctest_samples\x18\x06 \x01(\x05\x12\x46\n\x07\x64ropped\x18\x07 \x03(\x0b\x32\x35.wintrain.data.v1.ProcessDatasetResponse.DroppedEntry\x12\x1a\n\x12\x64uplicates_removed\x18\x08 \x01(\x05\x12+\n\x05\x66iles\x18\t \x03(\x0b\x32\x1c.wintrain.data.v1.OutputFile\x12\x17\n\x0f\x64\x65tected_format\x18\n \x01(\t\x12\x46\n\x07repairs\x18\x0b \x03(\x0b\x32\x35.wintrain.data.v1.ProcessDatasetResponse.RepairsEntry\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a.\n\x0cRepairsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x32\xce\x02\n\x0b\x44\x61taService\x12\xa3\x01\n\x0fValidateDataset\x12(.wintrain.data.v1.ValidateDatasetRequest\x1a).wintrain.data.v1.ValidateDatasetResponse\";\x8a\xb5\x18\x1d\n\x11\x44\x61taset validated\x12\x08is_valid\x82\xd3\xe4\x93\x02\x14\"\x12/api/data/validate\x12\x98\x01\n\x0eProcessDataset\x12\'.wintrain.data.v1.ProcessDatasetRequest\x1a(.wintrain.data.v1.ProcessDatasetResponse\"3\x8a\xb5\x18\x13\n\x11\x44\x61taset processed\x82\xd3\xe4\x93\x02\x16\"\x11/api/data/process:\x01*B1\n\x14\x63om.wintrain.data.v1P\x01Z\x17wintrain/data/v1;datav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +35,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wintrain.data.v1.data_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024com.wintrain.data.v1P\001Z\027wintrain/data/v1;datav1'
+  _globals['_VALIDATEDATASETREQUEST'].fields_by_name['file_path']._loaded_options = None
+  _globals['_VALIDATEDATASETREQUEST'].fields_by_name['file_path']._serialized_options = b'\342A\001\002'
   _globals['_DATASETSTATS_MESSAGESPERROLEENTRY']._loaded_options = None
   _globals['_DATASETSTATS_MESSAGESPERROLEENTRY']._serialized_options = b'8\001'
   _globals['_VALIDATEDATASETRESPONSE_ISSUECOUNTSENTRY']._loaded_options = None
@@ -48,6 +51,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPLITCONFIG'].fields_by_name['shuffle']._serialized_options = b'\252\266\030\004true'
   _globals['_SPLITCONFIG'].fields_by_name['seed']._loaded_options = None
   _globals['_SPLITCONFIG'].fields_by_name['seed']._serialized_options = b'\252\266\030\00242'
+  _globals['_PROCESSDATASETREQUEST'].fields_by_name['input_file']._loaded_options = None
+  _globals['_PROCESSDATASETREQUEST'].fields_by_name['input_file']._serialized_options = b'\342A\001\002'
+  _globals['_PROCESSDATASETREQUEST'].fields_by_name['output_dir']._loaded_options = None
+  _globals['_PROCESSDATASETREQUEST'].fields_by_name['output_dir']._serialized_options = b'\342A\001\002'
   _globals['_PROCESSDATASETREQUEST'].fields_by_name['format_type']._loaded_options = None
   _globals['_PROCESSDATASETREQUEST'].fields_by_name['format_type']._serialized_options = b'\252\266\030\006\"auto\"'
   _globals['_PROCESSDATASETRESPONSE_DROPPEDENTRY']._loaded_options = None
@@ -58,32 +65,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASERVICE'].methods_by_name['ValidateDataset']._serialized_options = b'\212\265\030\035\n\021Dataset validated\022\010is_valid\202\323\344\223\002\024\"\022/api/data/validate'
   _globals['_DATASERVICE'].methods_by_name['ProcessDataset']._loaded_options = None
   _globals['_DATASERVICE'].methods_by_name['ProcessDataset']._serialized_options = b'\212\265\030\023\n\021Dataset processed\202\323\344\223\002\026\"\021/api/data/process:\001*'
-  _globals['_VALIDATEDATASETREQUEST']._serialized_start=110
-  _globals['_VALIDATEDATASETREQUEST']._serialized_end=153
-  _globals['_DATASETISSUE']._serialized_start=155
-  _globals['_DATASETISSUE']._serialized_end=229
-  _globals['_LENGTHSTATS']._serialized_start=231
-  _globals['_LENGTHSTATS']._serialized_end=323
-  _globals['_DATASETSTATS']._serialized_start=326
-  _globals['_DATASETSTATS']._serialized_end=594
-  _globals['_DATASETSTATS_MESSAGESPERROLEENTRY']._serialized_start=540
-  _globals['_DATASETSTATS_MESSAGESPERROLEENTRY']._serialized_end=594
-  _globals['_VALIDATEDATASETRESPONSE']._serialized_start=597
-  _globals['_VALIDATEDATASETRESPONSE']._serialized_end=1056
-  _globals['_VALIDATEDATASETRESPONSE_ISSUECOUNTSENTRY']._serialized_start=1006
-  _globals['_VALIDATEDATASETRESPONSE_ISSUECOUNTSENTRY']._serialized_end=1056
-  _globals['_SPLITCONFIG']._serialized_start=1059
-  _globals['_SPLITCONFIG']._serialized_end=1299
-  _globals['_PROCESSDATASETREQUEST']._serialized_start=1302
-  _globals['_PROCESSDATASETREQUEST']._serialized_end=1491
-  _globals['_OUTPUTFILE']._serialized_start=1493
-  _globals['_OUTPUTFILE']._serialized_end=1553
-  _globals['_PROCESSDATASETRESPONSE']._serialized_start=1556
-  _globals['_PROCESSDATASETRESPONSE']._serialized_end=2049
-  _globals['_PROCESSDATASETRESPONSE_DROPPEDENTRY']._serialized_start=1955
-  _globals['_PROCESSDATASETRESPONSE_DROPPEDENTRY']._serialized_end=2001
-  _globals['_PROCESSDATASETRESPONSE_REPAIRSENTRY']._serialized_start=2003
-  _globals['_PROCESSDATASETRESPONSE_REPAIRSENTRY']._serialized_end=2049
-  _globals['_DATASERVICE']._serialized_start=2052
-  _globals['_DATASERVICE']._serialized_end=2386
+  _globals['_VALIDATEDATASETREQUEST']._serialized_start=143
+  _globals['_VALIDATEDATASETREQUEST']._serialized_end=192
+  _globals['_DATASETISSUE']._serialized_start=194
+  _globals['_DATASETISSUE']._serialized_end=268
+  _globals['_LENGTHSTATS']._serialized_start=270
+  _globals['_LENGTHSTATS']._serialized_end=362
+  _globals['_DATASETSTATS']._serialized_start=365
+  _globals['_DATASETSTATS']._serialized_end=633
+  _globals['_DATASETSTATS_MESSAGESPERROLEENTRY']._serialized_start=579
+  _globals['_DATASETSTATS_MESSAGESPERROLEENTRY']._serialized_end=633
+  _globals['_VALIDATEDATASETRESPONSE']._serialized_start=636
+  _globals['_VALIDATEDATASETRESPONSE']._serialized_end=1095
+  _globals['_VALIDATEDATASETRESPONSE_ISSUECOUNTSENTRY']._serialized_start=1045
+  _globals['_VALIDATEDATASETRESPONSE_ISSUECOUNTSENTRY']._serialized_end=1095
+  _globals['_SPLITCONFIG']._serialized_start=1098
+  _globals['_SPLITCONFIG']._serialized_end=1338
+  _globals['_PROCESSDATASETREQUEST']._serialized_start=1341
+  _globals['_PROCESSDATASETREQUEST']._serialized_end=1542
+  _globals['_OUTPUTFILE']._serialized_start=1544
+  _globals['_OUTPUTFILE']._serialized_end=1604
+  _globals['_PROCESSDATASETRESPONSE']._serialized_start=1607
+  _globals['_PROCESSDATASETRESPONSE']._serialized_end=2100
+  _globals['_PROCESSDATASETRESPONSE_DROPPEDENTRY']._serialized_start=2006
+  _globals['_PROCESSDATASETRESPONSE_DROPPEDENTRY']._serialized_end=2052
+  _globals['_PROCESSDATASETRESPONSE_REPAIRSENTRY']._serialized_start=2054
+  _globals['_PROCESSDATASETRESPONSE_REPAIRSENTRY']._serialized_end=2100
+  _globals['_DATASERVICE']._serialized_start=2103
+  _globals['_DATASERVICE']._serialized_end=2437
 # @@protoc_insertion_point(module_scope)

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from wintrain.api.v1 import options_pb2 as wintrain_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwintrain/eval/v1/eval.proto\x12\x10wintrain.eval.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dwintrain/api/v1/options.proto\"\xca\x02\n\x0f\x45valuateRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x61taset_path\x18\x02 \x01(\t\x12(\n\x07metrics\x18\x03 \x03(\tB\x17\xaa\xb6\x18\x13[\"accuracy\",\"loss\"]\x12\x1e\n\nbatch_size\x18\x04 \x01(\x05\x42\x05\xaa\xb6\x18\x01\x38H\x00\x88\x01\x01\x12\x1e\n\x11lora_adapter_path\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0bmax_samples\x18\x06 \x01(\x05\x12$\n\x0emax_new_tokens\x18\x07 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x31\x32\x38H\x02\x88\x01\x01\x12\x1c\n\x0fper_sample_path\x18\x08 \x01(\tH\x03\x88\x01\x01\x42\r\n\x0b_batch_sizeB\x14\n\x12_lora_adapter_pathB\x11\n\x0f_max_new_tokensB\x12\n\x10_per_sample_path\"\xa6\x03\n\x10\x45valuateResponse\x12@\n\x07metrics\x18\x01 \x03(\x0b\x32/.wintrain.eval.v1.EvaluateResponse.MetricsEntry\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x11\n\teval_time\x18\x03 \x01(\x01\x12\x15\n\rtokens_scored\x18\x04 \x01(\x03\x12\x17\n\x0fskipped_samples\x18\x05 \x01(\x05\x12I\n\x0cskip_reasons\x18\x06 \x03(\x0b\x32\x33.wintrain.eval.v1.EvaluateResponse.SkipReasonsEntry\x12\x19\n\x11truncated_samples\x18\x07 \x01(\x05\x12\x17\n\x0fper_sample_path\x18\x08 \x01(\t\x12\x13\n\x0breport_path\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10SkipReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x82\x01\n\x10\x45valuateProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x14\n\x0csamples_done\x18\x02 \x01(\x05\x12\x15\n\rsamples_total\x18\x03 \x01(\x05\x12\x32\n\x06result\x18\x04 \x01(\x0b\x32\".wintrain.eval.v1.EvaluateResponse2\xb1\x02\n\x0b\x45valService\x12\x94\x01\n\x08\x45valuate\x12!.wintrain.eval.v1.EvaluateRequest\x1a\".wintrain.eval.v1.EvaluateResponse\"A\x8a\xb5\x18\x15\n\x13\x45valuation finished\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x17\"\x12/api/eval/evaluate:\x01*\x12\x8a\x01\n\x0e\x45valuateStream\x12!.wintrain.eval.v1.EvaluateRequest\x1a\".wintrain.eval.v1.EvaluateProgress\"/\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x1e\"\x19/api/eval/evaluate/stream:\x01*0\x01\x42\x31\n\x14\x63om.wintrain.eval.v1P\x01Z\x17wintrain/eval/v1;evalv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwintrain/eval/v1/eval.proto\x12\x10wintrain.eval.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1dwintrain/api/v1/options.proto\"\xd0\x02\n\x0f\x45valuateRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x1a\n\x0c\x64\x61taset_path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x07metrics\x18\x03 \x03(\tB\x17\xaa\xb6\x18\x13[\"accuracy\",\"loss\"]\x12\x1e\n\nbatch_size\x18\x04 \x01(\x05\x42\x05\xaa\xb6\x18\x01\x38H\x00\x88\x01\x01\x12\x1e\n\x11lora_adapter_path\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0bmax_samples\x18\x06 \x01(\x05\x12$\n\x0emax_new_tokens\x18\x07 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x31\x32\x38H\x02\x88\x01\x01\x12\x1c\n\x0fper_sample_path\x18\x08 \x01(\tH\x03\x88\x01\x01\x42\r\n\x0b_batch_sizeB\x14\n\x12_lora_adapter_pathB\x11\n\x0f_max_new_tokensB\x12\n\x10_per_sample_path\"\xa6\x03\n\x10\x45valuateResponse\x12@\n\x07metrics\x18\x01 \x03(\x0b\x32/.wintrain.eval.v1.EvaluateResponse.MetricsEntry\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x11\n\teval_time\x18\x03 \x01(\x01\x12\x15\n\rtokens_scored\x18\x04 \x01(\x03\x12\x17\n\x0fskipped_samples\x18\x05 \x01(\x05\x12I\n\x0cskip_reasons\x18\x06 \x03(\x0b\x32\x33.wintrain.eval.v1.EvaluateResponse.SkipReasonsEntry\x12\x19\n\x11truncated_samples\x18\x07 \x01(\x05\x12\x17\n\x0fper_sample_path\x18\x08 \x01(\t\x12\x13\n\x0breport_path\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10SkipReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x82\x01\n\x10\x45valuateProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x14\n\x0csamples_done\x18\x02 \x01(\x05\x12\x15\n\rsamples_total\x18\x03 \x01(\x05\x12\x32\n\x06result\x18\x04 \x01(\x0b\x32\".wintrain.eval.v1.EvaluateResponse2\xb1\x02\n\x0b\x45valService\x12\x94\x01\n\x08\x45valuate\x12!.wintrain.eval.v1.EvaluateRequest\x1a\".wintrain.eval.v1.EvaluateResponse\"A\x8a\xb5\x18\x15\n\x13\x45valuation finished\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x17\"\x12/api/eval/evaluate:\x01*\x12\x8a\x01\n\x0e\x45valuateStream\x12!.wintrain.eval.v1.EvaluateRequest\x1a\".wintrain.eval.v1.EvaluateProgress\"/\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x1e\"\x19/api/eval/evaluate/stream:\x01*0\x01\x42\x31\n\x14\x63om.wintrain.eval.v1P\x01Z\x17wintrain/eval/v1;evalv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +35,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wintrain.eval.v1.eval_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024com.wintrain.eval.v1P\001Z\027wintrain/eval/v1;evalv1'
+  _globals['_EVALUATEREQUEST'].fields_by_name['dataset_path']._loaded_options = None
+  _globals['_EVALUATEREQUEST'].fields_by_name['dataset_path']._serialized_options = b'\342A\001\002'
   _globals['_EVALUATEREQUEST'].fields_by_name['metrics']._loaded_options = None
   _globals['_EVALUATEREQUEST'].fields_by_name['metrics']._serialized_options = b'\252\266\030\023[\"accuracy\",\"loss\"]'
   _globals['_EVALUATEREQUEST'].fields_by_name['batch_size']._loaded_options = None
@@ -48,16 +51,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALSERVICE'].methods_by_name['Evaluate']._serialized_options = b'\212\265\030\025\n\023Evaluation finished\221\265\030\000\000\000\000\000 \254@\202\323\344\223\002\027\"\022/api/eval/evaluate:\001*'
   _globals['_EVALSERVICE'].methods_by_name['EvaluateStream']._loaded_options = None
   _globals['_EVALSERVICE'].methods_by_name['EvaluateStream']._serialized_options = b'\221\265\030\000\000\000\000\000 \254@\202\323\344\223\002\036\"\031/api/eval/evaluate/stream:\001*'
-  _globals['_EVALUATEREQUEST']._serialized_start=111
-  _globals['_EVALUATEREQUEST']._serialized_end=441
-  _globals['_EVALUATERESPONSE']._serialized_start=444
-  _globals['_EVALUATERESPONSE']._serialized_end=866
-  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_start=768
-  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_end=814
-  _globals['_EVALUATERESPONSE_SKIPREASONSENTRY']._serialized_start=816
-  _globals['_EVALUATERESPONSE_SKIPREASONSENTRY']._serialized_end=866
-  _globals['_EVALUATEPROGRESS']._serialized_start=869
-  _globals['_EVALUATEPROGRESS']._serialized_end=999
-  _globals['_EVALSERVICE']._serialized_start=1002
-  _globals['_EVALSERVICE']._serialized_end=1307
+  _globals['_EVALUATEREQUEST']._serialized_start=144
+  _globals['_EVALUATEREQUEST']._serialized_end=480
+  _globals['_EVALUATERESPONSE']._serialized_start=483
+  _globals['_EVALUATERESPONSE']._serialized_end=905
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_start=807
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_end=853
+  _globals['_EVALUATERESPONSE_SKIPREASONSENTRY']._serialized_start=855
+  _globals['_EVALUATERESPONSE_SKIPREASONSENTRY']._serialized_end=905
+  _globals['_EVALUATEPROGRESS']._serialized_start=908
+  _globals['_EVALUATEPROGRESS']._serialized_end=1038
+  _globals['_EVALSERVICE']._serialized_start=1041
+  _globals['_EVALSERVICE']._serialized_end=1346
 # @@protoc_insertion_point(module_scope)

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from wintrain.api.v1 import options_pb2 as wintrain_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fwintrain/export/v1/export.proto\x12\x12wintrain.export.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dwintrain/api/v1/options.proto\"\x87\x02\n\x11\x45xportOnnxRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\x12&\n\rexport_format\x18\x03 \x01(\tB\n\xaa\xb6\x18\x06\"onnx\"H\x00\x88\x01\x01\x12\"\n\ropset_version\x18\x04 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x31\x34H\x01\x88\x01\x01\x12\x1e\n\x11lora_adapter_path\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x10\n\x08quantize\x18\x06 \x01(\x08\x12\x11\n\toverwrite\x18\x07 \x01(\x08\x42\x10\n\x0e_export_formatB\x10\n\x0e_opset_versionB\x14\n\x12_lora_adapter_path\"0\n\x0c\x45xportedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"\x9a\x01\n\x0cParityReport\x12\x14\n\x0cmax_abs_diff\x18\x01 \x01(\x01\x12\x11\n\ttolerance\x18\x02 \x01(\x01\x12\x14\n\x0ctokens_match\x18\x03 \x01(\x08\x12\x17\n\x0fprompts_checked\x18\x04 \x01(\x05\x12\x19\n\x11tokens_per_prompt\x18\x05 \x01(\x05\x12\x17\n\x0ftoken_agreement\x18\x06 \x01(\x01\"\xf0\x02\n\x12\x45xportOnnxResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x65xport_path\x18\x03 \x01(\t\x12\x11\n\tfile_size\x18\x04 \x01(\x03\x12\x15\n\rexport_format\x18\x05 \x01(\t\x12\x15\n\ropset_version\x18\x06 \x01(\x05\x12\x30\n\x06parity\x18\x07 \x01(\x0b\x32 .wintrain.export.v1.ParityReport\x12/\n\x05\x66iles\x18\x08 \x03(\x0b\x32 .wintrain.export.v1.ExportedFile\x12\x13\n\x0b\x65xport_time\x18\t \x01(\x01\x12\x16\n\x0equantized_path\x18\n \x01(\t\x12:\n\x10quantized_parity\x18\x0b \x01(\x0b\x32 .wintrain.export.v1.ParityReport\x12\x16\n\x0equantized_size\x18\x0c \x01(\x03\x32\x95\x01\n\rExportService\x12\x83\x01\n\nExportOnnx\x12%.wintrain.export.v1.ExportOnnxRequest\x1a&.wintrain.export.v1.ExportOnnxResponse\"&\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x15\"\x10/api/export/onnx:\x01*B7\n\x16\x63om.wintrain.export.v1P\x01Z\x1bwintrain/export/v1;exportv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fwintrain/export/v1/export.proto\x12\x12wintrain.export.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1dwintrain/api/v1/options.proto\"\x8d\x02\n\x11\x45xportOnnxRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x19\n\x0boutput_path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\rexport_format\x18\x03 \x01(\tB\n\xaa\xb6\x18\x06\"onnx\"H\x00\x88\x01\x01\x12\"\n\ropset_version\x18\x04 \x01(\x05\x42\x06\xaa\xb6\x18\x02\x31\x34H\x01\x88\x01\x01\x12\x1e\n\x11lora_adapter_path\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x10\n\x08quantize\x18\x06 \x01(\x08\x12\x11\n\toverwrite\x18\x07 \x01(\x08\x42\x10\n\x0e_export_formatB\x10\n\x0e_opset_versionB\x14\n\x12_lora_adapter_path\"0\n\x0c\x45xportedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"\x9a\x01\n\x0cParityReport\x12\x14\n\x0cmax_abs_diff\x18\x01 \x01(\x01\x12\x11\n\ttolerance\x18\x02 \x01(\x01\x12\x14\n\x0ctokens_match\x18\x03 \x01(\x08\x12\x17\n\x0fprompts_checked\x18\x04 \x01(\x05\x12\x19\n\x11tokens_per_prompt\x18\x05 \x01(\x05\x12\x17\n\x0ftoken_agreement\x18\x06 \x01(\x01\"\xf0\x02\n\x12\x45xportOnnxResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x65xport_path\x18\x03 \x01(\t\x12\x11\n\tfile_size\x18\x04 \x01(\x03\x12\x15\n\rexport_format\x18\x05 \x01(\t\x12\x15\n\ropset_version\x18\x06 \x01(\x05\x12\x30\n\x06parity\x18\x07 \x01(\x0b\x32 .wintrain.export.v1.ParityReport\x12/\n\x05\x66iles\x18\x08 \x03(\x0b\x32 .wintrain.export.v1.ExportedFile\x12\x13\n\x0b\x65xport_time\x18\t \x01(\x01\x12\x16\n\x0equantized_path\x18\n \x01(\t\x12:\n\x10quantized_parity\x18\x0b \x01(\x0b\x32 .wintrain.export.v1.ParityReport\x12\x16\n\x0equantized_size\x18\x0c \x01(\x03\x32\x95\x01\n\rExportService\x12\x83\x01\n\nExportOnnx\x12%.wintrain.export.v1.ExportOnnxRequest\x1a&.wintrain.export.v1.ExportOnnxResponse\"&\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x15\"\x10/api/export/onnx:\x01*B7\n\x16\x63om.wintrain.export.v1P\x01Z\x1bwintrain/export/v1;exportv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,22 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wintrain.export.v1.export_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\026com.wintrain.export.v1P\001Z\033wintrain/export/v1;exportv1'
+  _globals['_EXPORTONNXREQUEST'].fields_by_name['output_path']._loaded_options = None
+  _globals['_EXPORTONNXREQUEST'].fields_by_name['output_path']._serialized_options = b'\342A\001\002'
   _globals['_EXPORTONNXREQUEST'].fields_by_name['export_format']._loaded_options = None
   _globals['_EXPORTONNXREQUEST'].fields_by_name['export_format']._serialized_options = b'\252\266\030\006\"onnx\"'
   _globals['_EXPORTONNXREQUEST'].fields_by_name['opset_version']._loaded_options = None
   _globals['_EXPORTONNXREQUEST'].fields_by_name['opset_version']._serialized_options = b'\252\266\030\00214'
   _globals['_EXPORTSERVICE'].methods_by_name['ExportOnnx']._loaded_options = None
   _globals['_EXPORTSERVICE'].methods_by_name['ExportOnnx']._serialized_options = b'\221\265\030\000\000\000\000\000 \254@\202\323\344\223\002\025\"\020/api/export/onnx:\001*'
-  _globals['_EXPORTONNXREQUEST']._serialized_start=117
-  _globals['_EXPORTONNXREQUEST']._serialized_end=380
-  _globals['_EXPORTEDFILE']._serialized_start=382
-  _globals['_EXPORTEDFILE']._serialized_end=430
-  _globals['_PARITYREPORT']._serialized_start=433
-  _globals['_PARITYREPORT']._serialized_end=587
-  _globals['_EXPORTONNXRESPONSE']._serialized_start=590
-  _globals['_EXPORTONNXRESPONSE']._serialized_end=958
-  _globals['_EXPORTSERVICE']._serialized_start=961
-  _globals['_EXPORTSERVICE']._serialized_end=1110
+  _globals['_EXPORTONNXREQUEST']._serialized_start=150
+  _globals['_EXPORTONNXREQUEST']._serialized_end=419
+  _globals['_EXPORTEDFILE']._serialized_start=421
+  _globals['_EXPORTEDFILE']._serialized_end=469
+  _globals['_PARITYREPORT']._serialized_start=472
+  _globals['_PARITYREPORT']._serialized_end=626
+  _globals['_EXPORTONNXRESPONSE']._serialized_start=629
+  _globals['_EXPORTONNXRESPONSE']._serialized_end=997
+  _globals['_EXPORTSERVICE']._serialized_start=1000
+  _globals['_EXPORTSERVICE']._serialized_end=1149
 # @@protoc_insertion_point(module_scope)
