@@ -180,6 +180,10 @@ def cmd_eval(args, clients: Clients, out: Output) -> int:
         request.max_new_tokens = args.max_new_tokens
     if args.per_sample:
         request.per_sample_path = args.per_sample
+    if args.reference:
+        request.reference_model_path = args.reference
+    if args.beta is not None:
+        request.beta = args.beta
     result = _evaluate_streaming(args, clients, out, request)
     if out.json:
         out.data(result)
@@ -374,13 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "eval", cmd_eval, "evaluate a model or adapter on a dataset")
     p.add_argument("--model", required=True, metavar="PATH")
     p.add_argument("--data", required=True, metavar="FILE")
-    p.add_argument("--metrics", default="", help="comma-separated: loss, perplexity, accuracy, exact_match, rouge "
+    p.add_argument("--metrics", default="", help="comma-separated: loss, perplexity, accuracy, exact_match, rouge; "
+                                                 "on preference pairs also preference_accuracy, reward_margin "
                                                  "(default: accuracy,loss)")
     p.add_argument("--adapter", metavar="PATH", help="LoRA adapter applied onto --model")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-samples", type=int, help="score at most N rows")
     p.add_argument("--max-new-tokens", type=int, help="answer length for generation metrics")
     p.add_argument("--per-sample", metavar="FILE", help="write one JSON line per sample here")
+    p.add_argument("--reference", metavar="PATH", help="reward_margin's reference for a full model "
+                                                      "(default: the configured model; an adapter's is its base)")
+    p.add_argument("--beta", type=float, help="DPO beta scaling reward_margin (default 0.1)")
 
     p = add(sub, "export", cmd_export, "export a model (ONNX with parity proof, or merged safetensors)")
     p.add_argument("--model", required=True, metavar="PATH")

@@ -1,4 +1,5 @@
-"""Token metrics of a causal LM on chat conversations: masked loss, perplexity, token accuracy.
+"""Token metrics of a causal LM on chat conversations: masked loss, perplexity, token accuracy
+(and the per-sample log-likelihood sums the preference metrics compare).
 
 Only assistant tokens are scored, exactly the tokens training learns from: the assistant
 content and its end-of-turn token, found with the chat template's `{% generation %}` markers
@@ -80,26 +81,37 @@ def check_chat_template(tokenizer, *, field: str = "model_path") -> None:
         )
 
 
-def _sample(index: int, ids, mask, max_length: int) -> EncodedSample:
+def _sample(index: int, ids, mask, max_length: int, last_only: bool = False) -> EncodedSample:
     ids = list(ids)
     mask = [int(bool(m)) for m in mask]
+    if last_only:  # only the last assistant message (a preference completion), before any cut
+        end = len(mask)
+        while end and not mask[end - 1]:
+            end -= 1
+        start = end
+        while start and mask[start - 1]:
+            start -= 1
+        mask = [0] * start + mask[start:]
     truncated = len(ids) > max_length
     if truncated:
         ids, mask = ids[:max_length], mask[:max_length]
     return EncodedSample(index=index, input_ids=ids, assistant_mask=mask, truncated=truncated)
 
 
-def encode_conversation(tokenizer, messages: Sequence[dict], index: int, max_length: int) -> EncodedSample:
+def encode_conversation(tokenizer, messages: Sequence[dict], index: int, max_length: int,
+                        last_only: bool = False) -> EncodedSample:
     """Render and tokenize one conversation with its assistant mask, truncated to
-    `max_length` tokens (the end is cut, as training does)."""
+    `max_length` tokens (the end is cut, as training does). `last_only` scores only the last
+    assistant message (a preference pair's completion), not earlier assistant turns."""
     out = tokenizer.apply_chat_template(
         list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
-    return _sample(index, out["input_ids"], out["assistant_masks"], max_length)
+    return _sample(index, out["input_ids"], out["assistant_masks"], max_length, last_only)
 
 
 def encode_conversations(
-    tokenizer, conversations: Sequence[Sequence[dict]], max_length: int, *, chunk: int = 256
+    tokenizer, conversations: Sequence[Sequence[dict]], max_length: int, *, chunk: int = 256,
+    last_only: bool = False,
 ) -> list[EncodedSample | Exception]:
     """`encode_conversation` for many conversations, `chunk` at a time: one template call
     renders a chunk and the fast tokenizer encodes it in one batch, about 2.5x faster than one
@@ -112,12 +124,13 @@ def encode_conversations(
             enc = tokenizer.apply_chat_template(
                 part, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
             )
-            out.extend(_sample(start + i, ids, mask, max_length)
+            out.extend(_sample(start + i, ids, mask, max_length, last_only)
                        for i, (ids, mask) in enumerate(zip(enc["input_ids"], enc["assistant_masks"])))
         except Exception:  # noqa: BLE001 - some row breaks the template: find it row by row
             for i, messages in enumerate(part):
                 try:
-                    out.append(encode_conversation(tokenizer, messages, start + i, max_length))
+                    out.append(encode_conversation(tokenizer, messages, start + i, max_length,
+                                                   last_only))
                 except Exception as exc:  # noqa: BLE001 - reported per row by the caller
                     out.append(exc)
     return out
@@ -252,3 +265,52 @@ def aggregate(scores: Sequence[SampleScore]) -> TokenMetrics:
     except OverflowError:
         ppl = float("inf")
     return TokenMetrics(loss=loss, perplexity=ppl, token_accuracy=correct / tokens, tokens=tokens)
+
+
+@dataclass
+class PreferenceMetrics:
+    """Over the pairs scored: the share whose chosen side has the higher mean log-probability
+    per token (`preference_accuracy`), and the mean DPO reward margin (None without a
+    reference)."""
+
+    preference_accuracy: float
+    reward_margin: float | None
+    pairs: int
+
+
+def pair_logps(score: SampleScore) -> tuple[float, float]:
+    """(summed, per-token mean) log-probability of a completion's scored tokens."""
+    logp = -score.loss_sum
+    return logp, logp / score.tokens if score.tokens else float("nan")
+
+
+def preference_metrics(chosen: Sequence[SampleScore], rejected: Sequence[SampleScore],
+                       ref_chosen: Sequence[SampleScore] | None = None,
+                       ref_rejected: Sequence[SampleScore] | None = None,
+                       beta: float = 0.1) -> tuple[PreferenceMetrics, list[dict]]:
+    """Preference accuracy on length-normalised log-likelihoods, and, given the reference's
+    scores of the same samples, the mean implicit DPO reward margin
+    beta * ((logp(c) - ref(c)) - (logp(r) - ref(r))) on summed log-probabilities (the
+    quantity DPO training logs as rewards/margins). Entries are pair i's numbers."""
+    per_pair: list[dict] = []
+    wins = 0
+    margins: list[float] = []
+    for i, (c, r) in enumerate(zip(chosen, rejected)):
+        c_sum, c_mean = pair_logps(c)
+        r_sum, r_mean = pair_logps(r)
+        won = c_mean > r_mean
+        wins += won
+        entry = {"chosen_logp": c_mean, "rejected_logp": r_mean, "chosen_tokens": c.tokens,
+                 "rejected_tokens": r.tokens, "preferred": won}
+        if ref_chosen is not None and ref_rejected is not None:
+            margin = beta * ((c_sum + ref_chosen[i].loss_sum) - (r_sum + ref_rejected[i].loss_sum))
+            margins.append(margin)
+            entry["reward_margin"] = margin
+        per_pair.append(entry)
+    n = len(per_pair)
+    return PreferenceMetrics(
+        preference_accuracy=wins / n if n else float("nan"),
+        reward_margin=(sum(margins) / len(margins) if margins else float("nan"))
+        if ref_chosen is not None else None,
+        pairs=n,
+    ), per_pair

@@ -25,10 +25,12 @@ from services.common.modeling import ModelSource, load_model
 
 log = logging.getLogger("wintrain.eval")
 
-# Requestable metric names. `rouge` yields rouge-1, rouge-2 and rouge-l (F1).
+# Requestable metric names. `rouge` yields rouge-1, rouge-2 and rouge-l (F1). The preference
+# metrics need a preference dataset (prompt / chosen / rejected pairs).
 TOKEN_METRICS = ("loss", "perplexity", "accuracy", "token_accuracy")
 GENERATION_METRICS = ("exact_match", "rouge")
-SUPPORTED_METRICS = TOKEN_METRICS + GENERATION_METRICS
+PREFERENCE_METRICS = ("preference_accuracy", "reward_margin")
+SUPPORTED_METRICS = TOKEN_METRICS + GENERATION_METRICS + PREFERENCE_METRICS
 
 # Progress callback: (phase, samples done, samples total).
 Progress = Callable[[str, int, int], None]
@@ -67,6 +69,10 @@ class EvalJob:
     per_sample_path: Path | None = None
     # Name evalscope sends as `model` to an OpenAI-compatible endpoint (the client's path).
     openai_model_name: str = ""
+    # reward_margin: the reference of a full model (an adapter's is its base, adapter
+    # disabled) and DPO's beta.
+    reference: ModelSource | None = None
+    beta: float = 0.1
 
 
 @dataclass
@@ -92,20 +98,25 @@ CONVERTIBLE_FORMATS = ("openai", "sharegpt", "alpaca")
 @dataclass
 class _Row:
     number: int  # 1-based line (JSONL) or element (JSON array) in the file
-    messages: list[dict]
+    messages: list[dict]  # a preference row: prompt + chosen
+    rejected: list[dict] | None = None  # a preference row: prompt + rejected
 
 
 def read_rows(path: Path, *, max_row_bytes: int, limit: int, field_name: str = "dataset_path",
               should_stop: Callable[[], bool] | None = None) -> tuple[list[_Row], Counter]:
-    """Valid conversation rows of the dataset (the data service's row rules), at most `limit`
-    (0: all), and the count of invalid rows by their first problem's code."""
-    from services.common.dataset.formats import detect_row_format
+    """Valid rows of the dataset (the data service's row rules: conversations, or preference
+    pairs), at most `limit` (0: all), and the count of invalid rows by their first problem's
+    code. The first valid row sets the dataset's kind; rows of the other kind are skipped as
+    `mixed_kinds`."""
+    from services.common.dataset.formats import PREFERENCE_FORMATS, detect_row_format
+    from services.common.dataset.preference import check_pair
     from services.common.dataset.reader import RowError, RowReader, check_input_file, parse_row
     from services.common.dataset.rules import explain_row
 
     check_input_file(path, field=field_name)
     rows: list[_Row] = []
     skipped: Counter = Counter()
+    kind = None
     reader = RowReader(path, max_row_bytes=max_row_bytes)
     for count, (number, raw) in enumerate(reader):
         if should_stop is not None and count % 1024 == 0 and should_stop():
@@ -123,14 +134,29 @@ def read_rows(path: Path, *, max_row_bytes: int, limit: int, field_name: str = "
         if isinstance(obj, RowError):
             skipped[obj.code] += 1
             continue
-        problems = explain_row(obj)
-        if problems:
-            fmt = detect_row_format(obj)
-            # A row in another format the data service converts is named as such (e.g.
-            # `openai_format`), so the answer can say how to fix the file.
-            skipped[f"{fmt}_format" if fmt in CONVERTIBLE_FORMATS else problems[0][1]] += 1
+        fmt = detect_row_format(obj)
+        if fmt in PREFERENCE_FORMATS:
+            pair, problems = check_pair(obj, fmt)
+            if problems:
+                skipped[problems[0][1]] += 1
+                continue
+            row = _Row(number=number, messages=pair["prompt"] + pair["chosen"],
+                       rejected=pair["prompt"] + pair["rejected"])
+        else:
+            problems = explain_row(obj)
+            if problems:
+                # A row in another format the data service converts is named as such (e.g.
+                # `openai_format`), so the answer can say how to fix the file.
+                skipped[f"{fmt}_format" if fmt in CONVERTIBLE_FORMATS else problems[0][1]] += 1
+                continue
+            row = _Row(number=number, messages=obj["conversations"])
+        row_kind = "preference" if row.rejected is not None else "sft"
+        if kind is None:
+            kind = row_kind
+        elif row_kind != kind:
+            skipped["mixed_kinds"] += 1
             continue
-        rows.append(_Row(number=number, messages=obj["conversations"]))
+        rows.append(row)
         if limit and len(rows) >= limit:
             break
     for issue in reader.file_issues:
@@ -183,9 +209,14 @@ def run_evaluation(
     )
     if not rows:
         _no_usable_rows(skipped)
+    wanted_pairs = [m for m in job.metrics if m in PREFERENCE_METRICS]
+    if wanted_pairs and rows[0].rejected is None:
+        raise InvalidArgument.for_field(
+            "metrics", f"{', '.join(wanted_pairs)} needs a preference dataset (prompt / chosen / "
+            f"rejected pairs); {job.dataset_path.name} holds SFT conversations")
 
     model = tokenizer = None
-    if wants_tokens or openai is None:
+    if wants_tokens or wanted_pairs or openai is None:
         model, tokenizer = load_model(job.model, config)
     try:
         return _evaluate_loaded(job, config, rows, skipped, model, tokenizer, openai,
@@ -205,48 +236,79 @@ def _evaluate_loaded(job, config, rows, skipped, model, tokenizer, openai, wants
     tokens_scored = truncated = 0
 
     usable = list(range(len(rows)))
-    if wants_tokens:
+    preference = rows[0].rejected is not None
+    wants_pairs = any(m in PREFERENCE_METRICS for m in job.metrics)
+    if wants_tokens or wants_pairs:
         token_metrics.check_chat_template(tokenizer)
         max_length = int(config.get("eval.max_length", 512))
-        encoded = []
-        for row, sample in zip(rows, token_metrics.encode_conversations(tokenizer, [r.messages for r in rows],
-                                                                        max_length)):
-            if isinstance(sample, Exception):  # a template that cannot render this row
-                log.warning("row %s cannot be rendered: %s", row.number, sample)
-                skipped["render_failed"] += 1
+        # A preference row scores its completion only (the last assistant message): the
+        # chosen side for the token metrics, both sides for the preference metrics.
+        chosen = _encode(token_metrics, tokenizer, rows, [r.messages for r in rows], max_length,
+                         preference)
+        rejected = _encode(token_metrics, tokenizer, rows, [r.rejected for r in rows], max_length,
+                           True) if wants_pairs else None
+        encoded, encoded_rejected = [], []
+        for i in range(len(rows)):
+            reason = chosen[i] if isinstance(chosen[i], str) else \
+                rejected[i] if rejected is not None and isinstance(rejected[i], str) else None
+            if reason is not None:
+                skipped[reason] += 1
                 continue
-            if sample.scored_tokens == 0:
-                skipped["no_assistant_tokens" if not sample.truncated else "assistant_truncated_away"] += 1
-                continue
-            encoded.append(sample)
+            encoded.append(chosen[i])
+            if rejected is not None:
+                encoded_rejected.append(rejected[i])
         if not encoded:
             _no_usable_rows(skipped)
         usable = [s.index for s in encoded]
+        samples = encoded + encoded_rejected  # one batched pass over both sides
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
             pad_id = 0
-        report("scoring", 0, len(encoded))
+        report("scoring", 0, len(samples))
         with _out_of_memory_is_resource_exhausted(job.batch_size):
-            scores = token_metrics.score_samples(
-                model, encoded, batch_size=job.batch_size, pad_token_id=pad_id,
-                on_batch=lambda done: report("scoring", done, len(encoded)), should_stop=stop,
+            all_scores = token_metrics.score_samples(
+                model, samples, batch_size=job.batch_size, pad_token_id=pad_id,
+                on_batch=lambda done: report("scoring", done, len(samples)), should_stop=stop,
             )
-        agg = token_metrics.aggregate(scores)
-        tokens_scored = agg.tokens
+        scores, scores_rejected = all_scores[:len(encoded)], all_scores[len(encoded):]
         truncated = sum(1 for s in encoded if s.truncated)
-        for name in job.metrics:
-            if name == "loss":
-                metrics["loss"] = agg.loss
-            elif name == "perplexity":
-                metrics["perplexity"] = agg.perplexity
-            elif name in ("accuracy", "token_accuracy"):
-                metrics[name] = agg.token_accuracy
         truncated_rows = {s.index for s in encoded if s.truncated}
-        for s in scores:
-            per_sample[s.index] = {
-                "loss": s.loss, "tokens": s.tokens, "correct": s.correct,
-                "truncated": s.index in truncated_rows,
-            }
+        if wants_tokens:
+            agg = token_metrics.aggregate(scores)
+            tokens_scored = agg.tokens
+            for name in job.metrics:
+                if name == "loss":
+                    metrics["loss"] = agg.loss
+                elif name == "perplexity":
+                    metrics["perplexity"] = agg.perplexity
+                elif name in ("accuracy", "token_accuracy"):
+                    metrics[name] = agg.token_accuracy
+            for s in scores:
+                per_sample[s.index] = {
+                    "loss": s.loss, "tokens": s.tokens, "correct": s.correct,
+                    "truncated": s.index in truncated_rows,
+                }
+        if wants_pairs:
+            ref = None
+            if "reward_margin" in job.metrics:
+                report("reference", 0, len(samples))
+                with _out_of_memory_is_resource_exhausted(job.batch_size):
+                    ref_scores = _reference_scores(
+                        job, config, model, tokenizer, samples, pad_id,
+                        lambda done: report("reference", done, len(samples)), stop)
+                ref = (ref_scores[:len(encoded)], ref_scores[len(encoded):])
+            pm, per_pair = token_metrics.preference_metrics(
+                scores, scores_rejected, *(ref or (None, None)), beta=job.beta)
+            if not wants_tokens:
+                tokens_scored = sum(s.tokens for s in all_scores)
+            for name in job.metrics:
+                if name == "preference_accuracy":
+                    metrics[name] = pm.preference_accuracy
+                elif name == "reward_margin":
+                    metrics[name] = pm.reward_margin
+            cut = truncated_rows | {r.index for r in encoded_rejected if r.truncated}
+            for s, entry in zip(scores, per_pair):
+                per_sample.setdefault(s.index, {}).update(entry, truncated=s.index in cut)
 
     report_dir: Path | None = None
     if wants_generation:
@@ -305,6 +367,52 @@ def _evaluate_loaded(job, config, rows, skipped, model, tokenizer, openai, wants
         per_sample_path=written,
         report_path=report_dir,
     )
+
+
+def _encode(token_metrics, tokenizer, rows: list[_Row], conversations: list[list[dict]],
+            max_length: int, last_only: bool) -> list:
+    """Each conversation's EncodedSample (index = its row), or the reason it cannot be
+    scored (a skip reason)."""
+    out: list = []
+    for row, sample in zip(rows, token_metrics.encode_conversations(
+            tokenizer, conversations, max_length, last_only=last_only)):
+        if isinstance(sample, Exception):  # a template that cannot render this row
+            log.warning("row %s cannot be rendered: %s", row.number, sample)
+            out.append("render_failed")
+        elif sample.scored_tokens == 0:
+            out.append("no_assistant_tokens" if not sample.truncated else "assistant_truncated_away")
+        else:
+            out.append(sample)
+    return out
+
+
+def _reference_scores(job: EvalJob, config: Config, model, tokenizer, samples, pad_id: int,
+                      on_batch, stop):
+    """The reference model's scores of `samples`: a LoRA adapter's base with the adapter
+    disabled (PEFT's `disable_adapter()`, no second copy), else `job.reference` loaded."""
+    from services.eval import metrics as token_metrics
+
+    if job.model.kind == "adapter" and hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            return token_metrics.score_samples(model, samples, batch_size=job.batch_size,
+                                               pad_token_id=pad_id, on_batch=on_batch,
+                                               should_stop=stop)
+    if job.reference is None:
+        raise InvalidArgument.for_field("reference_model_path", "reward_margin needs a reference model")
+    device = next(model.parameters()).device
+    ref_model, ref_tokenizer = load_model(job.reference, config, device=str(device),
+                                          dtype=next(model.parameters()).dtype)
+    try:
+        if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise InvalidArgument.for_field(
+                "reference_model_path", f"{job.reference.path} uses another tokenizer than the "
+                "model evaluated; the reference must share it")
+        return token_metrics.score_samples(ref_model, samples, batch_size=job.batch_size,
+                                           pad_token_id=pad_id, on_batch=on_batch, should_stop=stop)
+    finally:
+        del ref_model
+        gc.collect()
+        _empty_device_cache()
 
 
 def _finite(value: float) -> float:

@@ -9,6 +9,7 @@ worker's stop flag is set and it ends at the next batch; its slot is freed when 
 from __future__ import annotations
 
 import logging
+import math
 
 from services.common.config import Config, ConfigError
 from services.common.admission import limiter_from_config
@@ -58,7 +59,11 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
         if problems:
             raise InvalidArgument.for_fields(problems)
 
+        beta = request.beta
+        if not (math.isfinite(beta) and beta > 0):
+            raise InvalidArgument.for_field("beta", f"must be a positive number, got {beta!r}")
         model = self._model_source(request)
+        reference = self._reference(request, model, metrics)
         dataset = resolve_allowed_path(request.dataset_path, cfg, field="dataset_path", must_exist=True, expect="file")
         per_sample = None
         if request.HasField("per_sample_path") and request.per_sample_path.strip():
@@ -74,7 +79,34 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
             openai_model_name=(request.lora_adapter_path if request.HasField("lora_adapter_path")
                                and request.lora_adapter_path.strip() else request.model_path)
             or str(cfg.base_model_path),
+            reference=reference,
+            beta=beta,
         )
+
+    def _reference(self, request: eval_pb2.EvaluateRequest, model: ModelSource,
+                   metrics: list[str]) -> ModelSource | None:
+        """reward_margin's reference: None for an adapter (its base, adapter disabled), else
+        reference_model_path or the configured base model."""
+        cfg = self.config
+        given = request.HasField("reference_model_path") and request.reference_model_path.strip()
+        if "reward_margin" not in metrics:
+            if given:
+                raise InvalidArgument.for_field(
+                    "reference_model_path", "is used only by the reward_margin metric, which "
+                    "metrics does not name")
+            return None
+        if model.kind == "adapter":
+            if given:
+                raise InvalidArgument.for_field(
+                    "reference_model_path", "a LoRA adapter's reference is its own base model "
+                    "with the adapter disabled; leave reference_model_path empty")
+            return None
+        if not given:
+            return resolve_model_source(cfg.base_model_path, cfg, field="reference_model_path",
+                                        trusted=True)
+        path = resolve_allowed_path(request.reference_model_path, cfg, field="reference_model_path",
+                                    must_exist=True, expect="dir")
+        return resolve_model_source(path, cfg, field="reference_model_path")
 
     def _model_source(self, request: eval_pb2.EvaluateRequest) -> ModelSource:
         cfg = self.config

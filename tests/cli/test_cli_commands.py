@@ -217,6 +217,22 @@ def test_eval_reports_metrics(wintrain):
     assert bad.code == EXIT_ERROR and "INVALID_ARGUMENT" in bad.err and "metrics" in bad.err
 
 
+def test_eval_preference_metrics(wintrain):
+    run = wintrain("eval", "--model", "models/tiny-chat", "--data", "datasets/preference_pairs.jsonl",
+                   "--metrics", "preference_accuracy,reward_margin", "--max-samples", "8",
+                   "--reference", "models/tiny-chat", "--beta", "0.2", "--json")
+    assert run.code == EXIT_OK, run.err
+    body = run.json()
+    assert body["total_samples"] == 8 and 0 <= body["metrics"]["preference_accuracy"] <= 1
+    assert abs(body["metrics"]["reward_margin"]) < 1e-6  # the model against itself
+    bad = wintrain("eval", "--model", "models/tiny-chat", "--data", "datasets/preference_pairs.jsonl",
+                   "--metrics", "reward_margin", "--beta", "0")
+    assert bad.code == EXIT_ERROR and "INVALID_ARGUMENT" in bad.err and "beta" in bad.err
+    sft = wintrain("eval", "--model", "models/tiny-chat", "--data", "datasets/train_sample.jsonl",
+                   "--metrics", "preference_accuracy")
+    assert sft.code == EXIT_ERROR and "INVALID_ARGUMENT" in sft.err and "metrics" in sft.err
+
+
 @pytest.mark.slow
 def test_export_onnx_reports_parity(stack, wintrain):
     run = wintrain("export", "--model", "models/tiny-chat", "--out", "exports/tiny", "--json")

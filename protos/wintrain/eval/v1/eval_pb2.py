@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from wintrain.api.v1 import options_pb2 as wintrain_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwintrain/eval/v1/eval.proto\x12\x10wintrain.eval.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1dwintrain/api/v1/options.proto\"\xd0\x02\n\x0f\x45valuateRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x1a\n\x0c\x64\x61taset_path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x07metrics\x18\x03 \x03(\tB\x17\xaa\xb6\x18\x13[\"accuracy\",\"loss\"]\x12\x1e\n\nbatch_size\x18\x04 \x01(\x05\x42\x05\xaa\xb6\x18\x01\x38H\x00\x88\x01\x01\x12\x1e\n\x11lora_adapter_path\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0bmax_samples\x18\x06 \x01(\x05\x12$\n\x0emax_new_tokens\x18\x07 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x31\x32\x38H\x02\x88\x01\x01\x12\x1c\n\x0fper_sample_path\x18\x08 \x01(\tH\x03\x88\x01\x01\x42\r\n\x0b_batch_sizeB\x14\n\x12_lora_adapter_pathB\x11\n\x0f_max_new_tokensB\x12\n\x10_per_sample_path\"\xa6\x03\n\x10\x45valuateResponse\x12@\n\x07metrics\x18\x01 \x03(\x0b\x32/.wintrain.eval.v1.EvaluateResponse.MetricsEntry\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x11\n\teval_time\x18\x03 \x01(\x01\x12\x15\n\rtokens_scored\x18\x04 \x01(\x03\x12\x17\n\x0fskipped_samples\x18\x05 \x01(\x05\x12I\n\x0cskip_reasons\x18\x06 \x03(\x0b\x32\x33.wintrain.eval.v1.EvaluateResponse.SkipReasonsEntry\x12\x19\n\x11truncated_samples\x18\x07 \x01(\x05\x12\x17\n\x0fper_sample_path\x18\x08 \x01(\t\x12\x13\n\x0breport_path\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10SkipReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x82\x01\n\x10\x45valuateProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x14\n\x0csamples_done\x18\x02 \x01(\x05\x12\x15\n\rsamples_total\x18\x03 \x01(\x05\x12\x32\n\x06result\x18\x04 \x01(\x0b\x32\".wintrain.eval.v1.EvaluateResponse2\xb1\x02\n\x0b\x45valService\x12\x94\x01\n\x08\x45valuate\x12!.wintrain.eval.v1.EvaluateRequest\x1a\".wintrain.eval.v1.EvaluateResponse\"A\x8a\xb5\x18\x15\n\x13\x45valuation finished\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x17\"\x12/api/eval/evaluate:\x01*\x12\x8a\x01\n\x0e\x45valuateStream\x12!.wintrain.eval.v1.EvaluateRequest\x1a\".wintrain.eval.v1.EvaluateProgress\"/\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x1e\"\x19/api/eval/evaluate/stream:\x01*0\x01\x42\x31\n\x14\x63om.wintrain.eval.v1P\x01Z\x17wintrain/eval/v1;evalv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwintrain/eval/v1/eval.proto\x12\x10wintrain.eval.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1dwintrain/api/v1/options.proto\"\xc0\x03\n\x0f\x45valuateRequest\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x1a\n\x0c\x64\x61taset_path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x07metrics\x18\x03 \x03(\tB\x17\xaa\xb6\x18\x13[\"accuracy\",\"loss\"]\x12\x1e\n\nbatch_size\x18\x04 \x01(\x05\x42\x05\xaa\xb6\x18\x01\x38H\x00\x88\x01\x01\x12\x1e\n\x11lora_adapter_path\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0bmax_samples\x18\x06 \x01(\x05\x12$\n\x0emax_new_tokens\x18\x07 \x01(\x05\x42\x07\xaa\xb6\x18\x03\x31\x32\x38H\x02\x88\x01\x01\x12\x1c\n\x0fper_sample_path\x18\x08 \x01(\tH\x03\x88\x01\x01\x12!\n\x14reference_model_path\x18\t \x01(\tH\x04\x88\x01\x01\x12)\n\x04\x62\x65ta\x18\n \x01(\x01\x42\x16\xaa\xb6\x18\x03\x30.1\xb2\xb6\x18\x0b\t\x00\x00\x00\x00\x00\x00\x00\x00\x18\x01H\x05\x88\x01\x01\x42\r\n\x0b_batch_sizeB\x14\n\x12_lora_adapter_pathB\x11\n\x0f_max_new_tokensB\x12\n\x10_per_sample_pathB\x17\n\x15_reference_model_pathB\x07\n\x05_beta\"\xa6\x03\n\x10\x45valuateResponse\x12@\n\x07metrics\x18\x01 \x03(\x0b\x32/.wintrain.eval.v1.EvaluateResponse.MetricsEntry\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x11\n\teval_time\x18\x03 \x01(\x01\x12\x15\n\rtokens_scored\x18\x04 \x01(\x03\x12\x17\n\x0fskipped_samples\x18\x05 \x01(\x05\x12I\n\x0cskip_reasons\x18\x06 \x03(\x0b\x32\x33.wintrain.eval.v1.EvaluateResponse.SkipReasonsEntry\x12\x19\n\x11truncated_samples\x18\x07 \x01(\x05\x12\x17\n\x0fper_sample_path\x18\x08 \x01(\t\x12\x13\n\x0breport_path\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10SkipReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x82\x01\n\x10\x45valuateProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x14\n\x0csamples_done\x18\x02 \x01(\x05\x12\x15\n\rsamples_total\x18\x03 \x01(\x05\x12\x32\n\x06result\x18\x04 \x01(\x0b\x32\".wintrain.eval.v1.EvaluateResponse2\xb1\x02\n\x0b\x45valService\x12\x94\x01\n\x08\x45valuate\x12!.wintrain.eval.v1.EvaluateRequest\x1a\".wintrain.eval.v1.EvaluateResponse\"A\x8a\xb5\x18\x15\n\x13\x45valuation finished\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x17\"\x12/api/eval/evaluate:\x01*\x12\x8a\x01\n\x0e\x45valuateStream\x12!.wintrain.eval.v1.EvaluateRequest\x1a\".wintrain.eval.v1.EvaluateProgress\"/\x91\xb5\x18\x00\x00\x00\x00\x00 \xac@\x82\xd3\xe4\x93\x02\x1e\"\x19/api/eval/evaluate/stream:\x01*0\x01\x42\x31\n\x14\x63om.wintrain.eval.v1P\x01Z\x17wintrain/eval/v1;evalv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALUATEREQUEST'].fields_by_name['batch_size']._serialized_options = b'\252\266\030\0018'
   _globals['_EVALUATEREQUEST'].fields_by_name['max_new_tokens']._loaded_options = None
   _globals['_EVALUATEREQUEST'].fields_by_name['max_new_tokens']._serialized_options = b'\252\266\030\003128'
+  _globals['_EVALUATEREQUEST'].fields_by_name['beta']._loaded_options = None
+  _globals['_EVALUATEREQUEST'].fields_by_name['beta']._serialized_options = b'\252\266\030\0030.1\262\266\030\013\t\000\000\000\000\000\000\000\000\030\001'
   _globals['_EVALUATERESPONSE_METRICSENTRY']._loaded_options = None
   _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_EVALUATERESPONSE_SKIPREASONSENTRY']._loaded_options = None
@@ -52,15 +54,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALSERVICE'].methods_by_name['EvaluateStream']._loaded_options = None
   _globals['_EVALSERVICE'].methods_by_name['EvaluateStream']._serialized_options = b'\221\265\030\000\000\000\000\000 \254@\202\323\344\223\002\036\"\031/api/eval/evaluate/stream:\001*'
   _globals['_EVALUATEREQUEST']._serialized_start=144
-  _globals['_EVALUATEREQUEST']._serialized_end=480
-  _globals['_EVALUATERESPONSE']._serialized_start=483
-  _globals['_EVALUATERESPONSE']._serialized_end=905
-  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_start=807
-  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_end=853
-  _globals['_EVALUATERESPONSE_SKIPREASONSENTRY']._serialized_start=855
-  _globals['_EVALUATERESPONSE_SKIPREASONSENTRY']._serialized_end=905
-  _globals['_EVALUATEPROGRESS']._serialized_start=908
-  _globals['_EVALUATEPROGRESS']._serialized_end=1038
-  _globals['_EVALSERVICE']._serialized_start=1041
-  _globals['_EVALSERVICE']._serialized_end=1346
+  _globals['_EVALUATEREQUEST']._serialized_end=592
+  _globals['_EVALUATERESPONSE']._serialized_start=595
+  _globals['_EVALUATERESPONSE']._serialized_end=1017
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_start=919
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_end=965
+  _globals['_EVALUATERESPONSE_SKIPREASONSENTRY']._serialized_start=967
+  _globals['_EVALUATERESPONSE_SKIPREASONSENTRY']._serialized_end=1017
+  _globals['_EVALUATEPROGRESS']._serialized_start=1020
+  _globals['_EVALUATEPROGRESS']._serialized_end=1150
+  _globals['_EVALSERVICE']._serialized_start=1153
+  _globals['_EVALSERVICE']._serialized_end=1458
 # @@protoc_insertion_point(module_scope)

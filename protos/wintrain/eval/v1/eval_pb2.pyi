@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model_path", "dataset_path", "metrics", "batch_size", "lora_adapter_path", "max_samples", "max_new_tokens", "per_sample_path")
+    __slots__ = ("model_path", "dataset_path", "metrics", "batch_size", "lora_adapter_path", "max_samples", "max_new_tokens", "per_sample_path", "reference_model_path", "beta")
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     DATASET_PATH_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,8 @@ class EvaluateRequest(_message.Message):
     MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PER_SAMPLE_PATH_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
     model_path: str
     dataset_path: str
     metrics: _containers.RepeatedScalarFieldContainer[str]
@@ -27,7 +29,9 @@ class EvaluateRequest(_message.Message):
     max_samples: int
     max_new_tokens: int
     per_sample_path: str
-    def __init__(self, model_path: _Optional[str] = ..., dataset_path: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., lora_adapter_path: _Optional[str] = ..., max_samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., per_sample_path: _Optional[str] = ...) -> None: ...
+    reference_model_path: str
+    beta: float
+    def __init__(self, model_path: _Optional[str] = ..., dataset_path: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., lora_adapter_path: _Optional[str] = ..., max_samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., per_sample_path: _Optional[str] = ..., reference_model_path: _Optional[str] = ..., beta: _Optional[float] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("metrics", "total_samples", "eval_time", "tokens_scored", "skipped_samples", "skip_reasons", "truncated_samples", "per_sample_path", "report_path")
