@@ -29,7 +29,7 @@ from services.common.modeling import resolve_model_source
 from services.common.paths import resolve_allowed_path
 from services.train import checkpoints
 from services.train.settings import TrainingSettings
-from services.train.store import OutputInUse, TrainJobStore, run_dir
+from services.train.store import OutputInUse, TaskStore, run_dir
 
 STRATEGIES = ("trl", "lora", "dpo")
 # TRL 1.16's DPO losses (DPOConfig.loss_type; a test checks each against the installed TRL).
@@ -283,7 +283,7 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def check_output_dir(out: Path, *, protected: list[Path], store: TrainJobStore, own_task: str = "") -> None:
+def check_output_dir(out: Path, *, protected: list[Path], store: TaskStore, own_task: str = "") -> None:
     """`out` can receive a finished model: not a file, not a folder that holds anything the
     system or the request needs, not someone else's data, writable, and not the output of
     another live task. Raises InvalidArgument / FailedPrecondition / PermissionDenied /
@@ -317,7 +317,7 @@ def output_in_use(exc: OutputInUse) -> AlreadyExists:
 
 # -- the whole request --------------------------------------------------------------------------
 
-def resolve_resume(raw: str, out: Path, config: Config, store: TrainJobStore) -> Path:
+def resolve_resume(raw: str, out: Path, config: Config, store: TaskStore) -> Path:
     """`config.resume_from_checkpoint` of a new task: `last` (the newest checkpoint of an
     earlier task that wrote to the same output folder) or a checkpoint folder."""
     name = "config.resume_from_checkpoint"
@@ -336,7 +336,7 @@ def resolve_resume(raw: str, out: Path, config: Config, store: TrainJobStore) ->
     return folder
 
 
-def check_start_request(req: StartRequest, config: Config, store: TrainJobStore) -> AcceptedTask:
+def check_start_request(req: StartRequest, config: Config, store: TaskStore) -> AcceptedTask:
     """Every pre-flight check, cheapest first; the dataset is validated last. Returns the
     accepted task with resolved paths, or raises the domain error naming the field."""
     from services.common.dataset.validate import validate_rows_for_training

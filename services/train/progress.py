@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from services.train.store import RUNNING, TrainJobStore, now_iso
+from services.train.store import RUNNING, TaskStore, now_iso
 
 STOP_CANCEL, STOP_SIGNAL, STOP_FENCED = "cancel", "signal", "fenced"
 
@@ -36,7 +36,7 @@ class StopControl:
     """Why (if at all) the worker must stop: SIGTERM received, the task's cancel flag set in
     the store, or the task no longer ours (a restarted server marked it interrupted)."""
 
-    def __init__(self, store: TrainJobStore | None, task_id: str, attempt: int, *, check_every: float = 0.3):
+    def __init__(self, store: TaskStore | None, task_id: str, attempt: int, *, check_every: float = 0.3):
         self.store, self.task_id, self.attempt = store, task_id, attempt
         self.check_every = check_every
         self.signalled = False
@@ -117,7 +117,7 @@ def _restored_totals(log_history: list[dict[str, Any]], start_step: int) -> _Res
 class ProgressCallback(TrainerCallback):
     """Writes progress into the store and `log_path`; stops the loop when asked."""
 
-    def __init__(self, store: TrainJobStore | None, task_id: str, attempt: int, stop: StopControl,
+    def __init__(self, store: TaskStore | None, task_id: str, attempt: int, stop: StopControl,
                  log_path: Path | None):
         self.store, self.task_id, self.attempt = store, task_id, attempt
         self.stop = stop

@@ -20,7 +20,7 @@ from services.train import checkpoints
 from services.train.plots import dedupe_log, plot_losses, read_log
 from services.train.progress import ProgressCallback, StopControl, is_main_process
 from services.train.settings import TrainingSettings
-from services.train.store import TrainJobStore
+from services.train.store import TaskStore
 from services.train.strategies import DPO, get_strategy
 
 COMPLETED = "completed"
@@ -215,7 +215,7 @@ def early_stopping_note(settings: TrainingSettings, state) -> str:
     return where
 
 
-def run(spec: RunSpec, config: Config, *, store: TrainJobStore | None, stop: StopControl) -> RunResult:
+def run(spec: RunSpec, config: Config, *, store: TaskStore | None, stop: StopControl) -> RunResult:
     """Train one task. Returns how it ended; raises on errors (the worker reports them)."""
     import torch
     from transformers import EarlyStoppingCallback

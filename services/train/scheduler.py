@@ -24,7 +24,7 @@ from pathlib import Path
 from services.common.metrics import TRAIN_TASKS
 from services.common.config import REPO_ROOT, Config
 from services.train import checkpoints
-from services.train.store import CANCELLED, FAILED, INTERRUPTED, RUNNING, TrainJobStore, run_dir
+from services.train.store import CANCELLED, FAILED, INTERRUPTED, RUNNING, TaskStore, run_dir
 
 log = logging.getLogger("wintrain.train")
 
@@ -103,7 +103,7 @@ def _is_our_worker(pid: int, task_id: str) -> bool:
 class Scheduler:
     """Runs queued tasks as worker processes; see the module docstring."""
 
-    def __init__(self, store: TrainJobStore, config: Config, *, tick_seconds: float = 0.25):
+    def __init__(self, store: TaskStore, config: Config, *, tick_seconds: float = 0.25):
         self.store = store
         self.config = config
         self.workspace = config.workspace

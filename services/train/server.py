@@ -5,7 +5,7 @@ with it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 
@@ -13,61 +13,49 @@ from services.common.server import ServiceRuntime, service_full_name
 from services.train.preflight import StartRequest
 from services.train.service import TrainingJobs
 from services.train.settings import settings_from_request
-from services.train.store import EventRecord, TaskRecord
+from services.train.store import EventRecord, TaskRecord, enum_words
 from wintrain.train.v1 import train_pb2, train_pb2_grpc
 
-_STRATEGY_TO_NAME = {train_pb2.STRATEGY_TRL: "trl", train_pb2.STRATEGY_LORA: "lora", train_pb2.STRATEGY_DPO: "dpo"}
-_NAME_TO_STRATEGY = {v: k for k, v in _STRATEGY_TO_NAME.items()}
-_STATUS = {
-    "pending": train_pb2.TASK_STATUS_PENDING, "running": train_pb2.TASK_STATUS_RUNNING,
-    "completed": train_pb2.TASK_STATUS_COMPLETED, "failed": train_pb2.TASK_STATUS_FAILED,
-    "cancelled": train_pb2.TASK_STATUS_CANCELLED, "interrupted": train_pb2.TASK_STATUS_INTERRUPTED,
-}
-_KIND = {
-    "status": train_pb2.EVENT_KIND_STATUS, "progress": train_pb2.EVENT_KIND_PROGRESS,
-    "eval": train_pb2.EVENT_KIND_EVAL, "checkpoint": train_pb2.EVENT_KIND_CHECKPOINT,
-}
+M = TypeVar("M")
+
+_STRATEGY_TO_NAME = enum_words(train_pb2.Strategy.DESCRIPTOR)
+
+
+def _enum_numbers(enum) -> dict[str, int]:
+    """JSON word -> number of an enum (the inverse of store.enum_words)."""
+    return {word: number for number, word in enum_words(enum).items()}
+
+
+def to_proto(message_cls: type[M], values: dict[str, Any]) -> M:
+    """A `message_cls` message from plain values by proto field name, through json_format:
+    enum fields may hold their JSON word (`"running"`, `"trl"`; an unknown word is the unset
+    value), names that are not fields of the message are left out."""
+    known: dict[str, Any] = {}
+    for fd in message_cls.DESCRIPTOR.fields:
+        if fd.name in values:
+            value = values[fd.name]
+            if fd.enum_type is not None and isinstance(value, str):
+                value = _enum_numbers(fd.enum_type).get(value, 0)
+            known[fd.name] = value
+    return json_format.ParseDict(known, message_cls(), ignore_unknown_fields=True)
 
 
 def task_to_proto(task: TaskRecord, queue_position: int = -1) -> train_pb2.TrainingTask:
-    config = train_pb2.TrainingConfig()
-    json_format.ParseDict(task.config, config, ignore_unknown_fields=True)
-    return train_pb2.TrainingTask(
-        task_id=task.task_id, status=_STATUS[task.status],
-        strategy=_NAME_TO_STRATEGY.get(task.strategy, train_pb2.STRATEGY_UNSPECIFIED),
-        dataset_path=task.dataset_path, output_dir=task.output_dir, config=config,
-        created_at=task.created_at, started_at=task.started_at, completed_at=task.completed_at,
-        error_message=task.error_message, progress=task.progress, current_step=task.current_step,
-        total_steps=task.total_steps, loss=task.loss, metrics=task.metrics,
-        learning_rate=task.learning_rate, epoch=task.epoch, grad_norm=task.grad_norm,
-        tokens_per_second=task.tokens_per_second, eta_seconds=task.eta_seconds,
-        queue_position=max(queue_position, 0), eval_dataset_path=task.eval_dataset_path,
-        last_checkpoint=task.last_checkpoint, message=task.message,
-    )
-
-
-def _event_fields(data: dict[str, Any]) -> dict[str, Any]:
-    return dict(
-        progress=float(data.get("progress", 0.0)), current_step=int(data.get("current_step", 0)),
-        total_steps=int(data.get("total_steps", 0)), loss=float(data.get("loss", 0.0)),
-        learning_rate=float(data.get("learning_rate", 0.0)), epoch=float(data.get("epoch", 0.0)),
-        grad_norm=float(data.get("grad_norm", 0.0)), tokens_per_second=float(data.get("tokens_per_second", 0.0)),
-        eta_seconds=float(data.get("eta_seconds", 0.0)),
-        metrics={k: float(v) for k, v in (data.get("metrics") or {}).items()},
-    )
+    """Every TaskRecord field and progress number named like a TrainingTask field."""
+    return to_proto(train_pb2.TrainingTask, {**vars(task), **task.progress_state(),
+                                             "queue_position": max(queue_position, 0)})
 
 
 def event_to_proto(item: TaskRecord | EventRecord) -> train_pb2.TrainingEvent:
+    """A stored event, or a task's current state as the snapshot that opens a watch."""
     if isinstance(item, TaskRecord):
-        return train_pb2.TrainingEvent(
-            sequence=0, task_id=item.task_id, kind=train_pb2.EVENT_KIND_SNAPSHOT, status=_STATUS[item.status],
-            message=item.message, timestamp=item.completed_at or item.started_at or item.created_at,
-            **_event_fields({**item.state()}),
-        )
-    return train_pb2.TrainingEvent(
-        sequence=item.sequence, task_id=item.task_id, kind=_KIND.get(item.kind, train_pb2.EVENT_KIND_UNSPECIFIED),
-        status=_STATUS[item.status], message=item.message, timestamp=item.timestamp, **_event_fields(item.data),
-    )
+        return to_proto(train_pb2.TrainingEvent, {
+            **item.progress_state(), "sequence": 0, "task_id": item.task_id, "kind": train_pb2.EVENT_KIND_SNAPSHOT,
+            "status": item.status, "message": item.message,
+            "timestamp": item.completed_at or item.started_at or item.created_at})
+    return to_proto(train_pb2.TrainingEvent, {
+        **item.data, "sequence": item.sequence, "task_id": item.task_id, "kind": item.kind, "status": item.status,
+        "message": item.message, "timestamp": item.timestamp})
 
 
 class TrainServicer(train_pb2_grpc.TrainServiceServicer):

@@ -17,7 +17,7 @@ from services.train import checkpoints
 from services.train.preflight import (AcceptedTask, StartRequest, check_output_dir, check_start_request,
                                       output_in_use)
 from services.train.scheduler import Scheduler
-from services.train.store import RESUMABLE, EventRecord, OutputInUse, TaskRecord, TrainJobStore, run_dir
+from services.train.store import RESUMABLE, EventRecord, OutputInUse, TaskRecord, open_store, run_dir
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -43,7 +43,7 @@ class TrainingJobs:
 
     def __init__(self, config: Config, *, watch_poll_seconds: float | None = None):
         self.config = config
-        self.store = TrainJobStore(config.workspace / "jobs.db")
+        self.store = open_store(config)
         self.scheduler = Scheduler(self.store, config)
         self.watch_poll_seconds = float(watch_poll_seconds or config.get("train.watch_poll_seconds", 0.25) or 0.25)
 
@@ -176,4 +176,4 @@ class TrainingJobs:
             current = self.store.get(task_id)
             if current is None or (current.is_terminal and last >= current.last_sequence):
                 return
-            await asyncio.sleep(self.watch_poll_seconds)
+            await self.store.wait_for_events(task_id, last, self.watch_poll_seconds)

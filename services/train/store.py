@@ -1,99 +1,118 @@
-"""The job store: every training task and its progress events, in SQLite (WAL mode).
+"""The job store: every training task and its progress events.
 
-One file, `<workspace>/jobs.db`, shared by the server and its worker processes. A task row holds
-the request, its state and its latest progress; the `events` table holds what WatchTraining
-streams, numbered per task (1, 2, 3…) so a watcher can resume from the last number it saw.
+A task is declared once: the `TaskRecord` dataclass below. The `tasks` table's columns, the
+row-to-record conversion and the schema migration are all derived from its fields
+(`dataclasses.fields`); the record-to-proto mapping (train/server.py) goes through
+`json_format` by field name. The progress a worker reports (step, loss, learning rate…) is ONE
+JSON column, `state`, whose numeric fields are those of the proto's `TrainingEvent`
+(`PROGRESS_FIELDS`, derived from the descriptor) plus a free `metrics` map. The status words are
+the proto enum's `(wintrain.api.v1.json_name)` words. Adding a metric therefore touches one
+place: the `metrics` map needs no change at all, a first-class progress number is a field of
+`TrainingEvent` (and `TrainingTask`) in train.proto.
 
-Every change that matters is a conditional update inside one `BEGIN IMMEDIATE` transaction, so
-two writers never undo each other: a worker writes only while its task is `running` under the
-attempt number it was started with (a worker left over from an earlier run is fenced off), and
-terminal states are never overwritten.
+The servicer, the scheduler and the worker use the store through the `TaskStore` protocol;
+`open_store(config)` picks the backend from `storage.job_store`:
+- `sqlite` (default): `<workspace>/jobs.db`, SQLite in WAL mode (`TrainJobStore`, here);
+- a `postgresql://` URL: PostgreSQL through psycopg 3 (`store_pg.PgTaskStore`).
 
-Plain Python, no grpc: the servicer, the scheduler and the worker all use it.
+A task row holds the request, its state and its latest progress; the `events` table holds what
+WatchTraining streams, numbered per task (1, 2, 3…) so a watcher can resume from the last number
+it saw. Every change that matters is a conditional update inside one write transaction
+(SQLite's `BEGIN IMMEDIATE`; PostgreSQL's transaction-scoped advisory lock gives the same one
+writer at a time), so two writers never undo each other: a worker writes only while its task is
+`running` under the attempt number it was started with (a worker left over from an earlier run
+is fenced off), and terminal states are never overwritten.
+
+Plain Python, no grpc (the generated message module only, for the declarations).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import threading
+import typing
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
+from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
+
+import services  # noqa: F401 - makes the generated `wintrain` package importable
 from services.common.config import ConfigError
+from wintrain.api.v1 import options_pb2
+from wintrain.train.v1 import train_pb2
 
-PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED = (
-    "pending", "running", "completed", "failed", "cancelled", "interrupted")
-# Paused (PauseTraining): the worker saved a checkpoint and exited; an end state that
-# ResumeTraining continues, like cancelled and interrupted.
-PAUSED = "paused"
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED, PAUSED)
+
+def enum_words(enum: EnumDescriptor) -> dict[int, str]:
+    """number -> the value's `(wintrain.api.v1.json_name)` word (its name when it has none);
+    the unset value 0 is left out."""
+    return {v.number: v.GetOptions().Extensions[options_pb2.json_name] or v.name for v in enum.values if v.number}
+
+
+STATUS_WORDS = enum_words(train_pb2.TaskStatus.DESCRIPTOR)
+EVENT_KIND_WORDS = enum_words(train_pb2.EventKind.DESCRIPTOR)
+
+PENDING = STATUS_WORDS[train_pb2.TASK_STATUS_PENDING]
+RUNNING = STATUS_WORDS[train_pb2.TASK_STATUS_RUNNING]
+COMPLETED = STATUS_WORDS[train_pb2.TASK_STATUS_COMPLETED]
+FAILED = STATUS_WORDS[train_pb2.TASK_STATUS_FAILED]
+CANCELLED = STATUS_WORDS[train_pb2.TASK_STATUS_CANCELLED]
+INTERRUPTED = STATUS_WORDS[train_pb2.TASK_STATUS_INTERRUPTED]
+# Paused (PauseTraining, issue 19): the worker saved a checkpoint and exited; an end state
+# that ResumeTraining continues, like cancelled and interrupted.
+PAUSED = STATUS_WORDS.get(getattr(train_pb2, "TASK_STATUS_PAUSED", -1), "paused")
+STATUSES = tuple(STATUS_WORDS.values())
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, INTERRUPTED, PAUSED})
 LIVE = frozenset({PENDING, RUNNING})
 RESUMABLE = frozenset({FAILED, CANCELLED, INTERRUPTED, PAUSED})
 
-EVENT_STATUS, EVENT_PROGRESS, EVENT_EVAL, EVENT_CHECKPOINT = "status", "progress", "eval", "checkpoint"
+EVENT_STATUS = EVENT_KIND_WORDS[train_pb2.EVENT_KIND_STATUS]
+EVENT_PROGRESS = EVENT_KIND_WORDS[train_pb2.EVENT_KIND_PROGRESS]
+EVENT_EVAL = EVENT_KIND_WORDS[train_pb2.EVENT_KIND_EVAL]
+EVENT_CHECKPOINT = EVENT_KIND_WORDS[train_pb2.EVENT_KIND_CHECKPOINT]
 EVENT_KINDS = (EVENT_STATUS, EVENT_PROGRESS, EVENT_EVAL, EVENT_CHECKPOINT)
 
-# Progress columns a worker may set, with their SQL types.
-PROGRESS_FIELDS = {
-    "progress": float, "current_step": int, "total_steps": int, "loss": float,
-    "learning_rate": float, "epoch": float, "grad_norm": float, "tokens_per_second": float,
-    "eta_seconds": float,
+# The progress numbers a worker may set: TrainingEvent's fields other than the envelope.
+_EVENT_ENVELOPE = frozenset({"sequence", "task_id", "kind", "status", "message", "timestamp", "metrics"})
+_PY_TYPES = {
+    FieldDescriptor.CPPTYPE_DOUBLE: float, FieldDescriptor.CPPTYPE_FLOAT: float,
+    FieldDescriptor.CPPTYPE_INT32: int, FieldDescriptor.CPPTYPE_INT64: int,
+    FieldDescriptor.CPPTYPE_UINT32: int, FieldDescriptor.CPPTYPE_UINT64: int,
+}
+PROGRESS_FIELDS: dict[str, type] = {
+    f.name: _PY_TYPES[f.cpp_type] for f in train_pb2.TrainingEvent.DESCRIPTOR.fields
+    if f.name not in _EVENT_ENVELOPE and f.cpp_type in _PY_TYPES
 }
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    strategy TEXT NOT NULL,
-    dataset_path TEXT NOT NULL,
-    eval_dataset_path TEXT NOT NULL DEFAULT '',
-    output_dir TEXT NOT NULL,
-    config_json TEXT NOT NULL,
-    resolved_json TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    queued_at TEXT NOT NULL,
-    started_at TEXT NOT NULL DEFAULT '',
-    completed_at TEXT NOT NULL DEFAULT '',
-    error_message TEXT NOT NULL DEFAULT '',
-    message TEXT NOT NULL DEFAULT '',
-    progress REAL NOT NULL DEFAULT 0,
-    current_step INTEGER NOT NULL DEFAULT 0,
-    total_steps INTEGER NOT NULL DEFAULT 0,
-    loss REAL NOT NULL DEFAULT 0,
-    learning_rate REAL NOT NULL DEFAULT 0,
-    epoch REAL NOT NULL DEFAULT 0,
-    grad_norm REAL NOT NULL DEFAULT 0,
-    tokens_per_second REAL NOT NULL DEFAULT 0,
-    eta_seconds REAL NOT NULL DEFAULT 0,
-    metrics_json TEXT NOT NULL DEFAULT '{}',
-    last_checkpoint TEXT NOT NULL DEFAULT '',
-    resume_from TEXT NOT NULL DEFAULT '',
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    worker_pid INTEGER NOT NULL DEFAULT 0,
-    worker_error TEXT NOT NULL DEFAULT '',
-    last_sequence INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, queued_at, seq);
-CREATE TABLE IF NOT EXISTS events (
-    task_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    data_json TEXT NOT NULL,
-    PRIMARY KEY (task_id, sequence)
-) WITHOUT ROWID;
-"""
+
+def initial_state() -> dict[str, Any]:
+    """A task's progress before its first report: every number 0, no metrics."""
+    return {**{name: kind() for name, kind in PROGRESS_FIELDS.items()}, "metrics": {}}
+
+
+def merge_state(state: dict[str, Any], values: dict[str, Any] | None = None,
+                metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """`state` with progress `values` (checked against PROGRESS_FIELDS, typed) and `metrics`
+    merged in. Raises ValueError on an unknown progress field."""
+    out = {**initial_state(), **state}
+    for name, value in (values or {}).items():
+        if name not in PROGRESS_FIELDS:
+            raise ValueError(f"unknown progress field {name!r}")
+        out[name] = PROGRESS_FIELDS[name](value)
+    if metrics:
+        out["metrics"] = {**out.get("metrics", {}), **{k: float(v) for k, v in metrics.items()}}
+    return out
+
+
+# Schema 1 had one column per progress number and `*_json` columns; 2 derives the columns from
+# TaskRecord (progress in the `state` JSON column). Fields added to TaskRecord later are added
+# to existing tables as columns with their type's default, without a version step.
+SCHEMA_VERSION = 2
 
 
 def run_dir(workspace: Path, task_id: str) -> Path:
@@ -108,8 +127,11 @@ def now_iso() -> str:
 
 @dataclass
 class TaskRecord:
-    """One task row. `config` is the TrainingConfig as a dict (proto field names, defaults
-    filled); `resolved` the absolute paths the worker uses."""
+    """One task row; each field is a column of the same name (dicts are JSON text, bools 0/1).
+
+    `config` is the TrainingConfig as a dict (proto field names, defaults filled); `resolved`
+    the absolute paths the worker uses; `state` the latest progress (PROGRESS_FIELDS and a
+    `metrics` map), also readable as attributes (`task.loss`, `task.metrics`)."""
 
     seq: int
     task_id: str
@@ -126,16 +148,7 @@ class TaskRecord:
     completed_at: str
     error_message: str
     message: str
-    progress: float
-    current_step: int
-    total_steps: int
-    loss: float
-    learning_rate: float
-    epoch: float
-    grad_norm: float
-    tokens_per_second: float
-    eta_seconds: float
-    metrics: dict[str, float]
+    state: dict[str, Any]
     last_checkpoint: str
     resume_from: str
     cancel_requested: bool
@@ -144,15 +157,46 @@ class TaskRecord:
     worker_error: str
     last_sequence: int
 
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not fields: the progress numbers and metrics.
+        state = self.__dict__.get("state")
+        if state is not None and (name in PROGRESS_FIELDS or name == "metrics"):
+            return state.get(name, {} if name == "metrics" else PROGRESS_FIELDS[name]())
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def state(self) -> dict[str, Any]:
-        """The progress fields, as stored in an event."""
-        out = {name: getattr(self, name) for name in PROGRESS_FIELDS}
-        out["metrics"] = dict(self.metrics)
-        return out
+    def progress_state(self) -> dict[str, Any]:
+        """The progress fields and metrics, as stored in an event."""
+        return merge_state(self.state)
+
+
+TASK_COLUMNS: dict[str, type] = {f.name: typing.get_type_hints(TaskRecord)[f.name] for f in fields(TaskRecord)}
+
+
+def _python_type(hint: Any) -> type:
+    return typing.get_origin(hint) or hint
+
+
+def encode_value(name: str, value: Any) -> Any:
+    """A record field's value as stored in its column."""
+    kind = _python_type(TASK_COLUMNS[name])
+    if kind is dict:
+        return json.dumps(value or {}, ensure_ascii=False)
+    if kind is bool:
+        return int(bool(value))
+    return value
+
+
+def task_from_row(row: Any) -> TaskRecord:
+    """A TaskRecord from a row (mapping by column name) of the `tasks` table."""
+    values: dict[str, Any] = {}
+    for name, hint in TASK_COLUMNS.items():
+        kind, raw = _python_type(hint), row[name]
+        values[name] = json.loads(raw) if kind is dict else kind(raw)
+    return TaskRecord(**values)
 
 
 @dataclass
@@ -171,24 +215,6 @@ class EventRecord:
         return str(self.data.get("message", ""))
 
 
-def _task_from_row(row: sqlite3.Row) -> TaskRecord:
-    return TaskRecord(
-        seq=row["seq"], task_id=row["task_id"], status=row["status"], strategy=row["strategy"],
-        dataset_path=row["dataset_path"], eval_dataset_path=row["eval_dataset_path"],
-        output_dir=row["output_dir"], config=json.loads(row["config_json"]),
-        resolved=json.loads(row["resolved_json"]), created_at=row["created_at"],
-        queued_at=row["queued_at"], started_at=row["started_at"], completed_at=row["completed_at"],
-        error_message=row["error_message"], message=row["message"], progress=row["progress"],
-        current_step=row["current_step"], total_steps=row["total_steps"], loss=row["loss"],
-        learning_rate=row["learning_rate"], epoch=row["epoch"], grad_norm=row["grad_norm"],
-        tokens_per_second=row["tokens_per_second"], eta_seconds=row["eta_seconds"],
-        metrics=json.loads(row["metrics_json"]), last_checkpoint=row["last_checkpoint"],
-        resume_from=row["resume_from"], cancel_requested=bool(row["cancel_requested"]),
-        attempt=row["attempt"], worker_pid=row["worker_pid"], worker_error=row["worker_error"],
-        last_sequence=row["last_sequence"],
-    )
-
-
 class OutputInUse(Exception):
     """The output folder is (inside, or holds) the output folder of another live task."""
 
@@ -201,23 +227,409 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def _live_owner(con: sqlite3.Connection, out: str, own_task: str = "") -> TaskRecord | None:
-    """The live task (other than `own_task`) whose resolved output folder overlaps `out`."""
-    marks = ",".join("?" for _ in LIVE)
-    rows = con.execute(f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY queued_at, seq",
-                       sorted(LIVE)).fetchall()
-    for task in map(_task_from_row, rows):
-        other = task.resolved.get("output_dir", "")
-        if task.task_id != own_task and other and _overlaps(Path(other), Path(out)):
-            return task
-    return None
-
-
 class StoreError(ConfigError):
-    """The job store file cannot be opened or has an unknown schema (start-up stops)."""
+    """The job store cannot be opened or has an unknown schema (start-up stops)."""
 
 
-class TrainJobStore:
+class TaskStore(Protocol):
+    """What the servicer, the scheduler and the worker need of a job store. Every method that
+    changes a task is one transaction with the condition it names."""
+
+    def get(self, task_id: str) -> TaskRecord | None: ...
+    def list_page(self, limit: int, before_seq: int | None = None) -> list[TaskRecord]: ...
+    def with_status(self, *statuses: str) -> list[TaskRecord]: ...
+    def queue(self) -> list[str]: ...
+    def status_counts(self) -> dict[str, int]: ...
+    def queue_position(self, task_id: str) -> int: ...
+    def output_dirs(self) -> list[str]: ...
+    def live_owner(self, output_dir: str, own_task: str = "") -> TaskRecord | None: ...
+    def previous_tasks_for_output(self, output_dir: str) -> list[TaskRecord]: ...
+    def events_after(self, task_id: str, after: int, limit: int = 500) -> list[EventRecord]: ...
+    async def wait_for_events(self, task_id: str, after: int, timeout: float) -> None: ...
+    def create(self, *, task_id: str, strategy: str, dataset_path: str, eval_dataset_path: str,
+               output_dir: str, config: dict[str, Any], resolved: dict[str, Any],
+               message: str = "queued", resume_from: str = "") -> TaskRecord: ...
+    def claim(self, task_id: str, message: str = "starting the worker") -> int | None: ...
+    def set_worker_pid(self, task_id: str, attempt: int, pid: int) -> None: ...
+    def report(self, task_id: str, attempt: int, kind: str, *, fields: dict[str, Any] | None = None,
+               metrics: dict[str, float] | None = None, message: str | None = None,
+               last_checkpoint: str | None = None, event: bool = True) -> bool: ...
+    def note_worker_error(self, task_id: str, attempt: int, text: str) -> None: ...
+    def finish(self, task_id: str, status: str, *, message: str, attempt: int | None = None,
+               from_statuses: tuple[str, ...] = (RUNNING,), error_message: str | None = None,
+               fields: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> bool: ...
+    def request_cancel(self, task_id: str) -> str: ...
+    def worker_view(self, task_id: str) -> tuple[str, int, bool]: ...
+    def requeue(self, task_id: str, *, resume_from: str, message: str) -> bool: ...
+    def interrupt_running(self, reason: str) -> list[TaskRecord]: ...
+    def close(self) -> None: ...
+
+
+def open_store(config: Any, workspace: Path | None = None) -> TaskStore:
+    """The job store `storage.job_store` names: `sqlite` (default; `<workspace>/jobs.db`) or
+    a `postgresql://` URL."""
+    where = str(config.get("storage.job_store", "sqlite") or "sqlite").strip()
+    if where == "sqlite":
+        return TrainJobStore(Path(workspace or config.workspace) / "jobs.db")
+    if where.startswith(("postgresql://", "postgres://")):
+        from services.train.store_pg import PgTaskStore
+
+        return PgTaskStore(where)
+    raise StoreError(f"config: storage.job_store must be `sqlite` or a postgresql:// URL, got {where!r}")
+
+
+class SqlTaskStore:
+    """The store's logic over a DB-API connection; a backend gives connections, the write
+    transaction and its SQL dialect (statements here use `?` placeholders)."""
+
+    placeholder = "?"
+    _seq_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    _types = {str: "TEXT NOT NULL DEFAULT ''", int: "INTEGER NOT NULL DEFAULT 0",
+              float: "REAL NOT NULL DEFAULT 0", bool: "INTEGER NOT NULL DEFAULT 0",
+              dict: "TEXT NOT NULL DEFAULT '{}'"}
+    _events_suffix = " WITHOUT ROWID"
+
+    # -- backend hooks --------------------------------------------------------------------
+    def _conn(self) -> Any:
+        raise NotImplementedError
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    def _existing_columns(self, con: Any) -> set[str]:
+        raise NotImplementedError
+
+    def _notify(self, con: Any, task_id: str) -> None:
+        """Tell watchers (at commit) that `task_id` has a new event; nothing by default."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def wait_for_events(self, task_id: str, after: int, timeout: float) -> None:
+        """Return when `task_id` may have events after `after`, at the latest after `timeout`
+        seconds (bounded polling, unless the backend is told of new events)."""
+        await asyncio.sleep(timeout)
+
+    # -- SQL ------------------------------------------------------------------------------
+    def _x(self, con: Any, sql: str, args: tuple | list = ()) -> Any:
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        return con.execute(sql, tuple(args))
+
+    def _column_sql(self, name: str) -> str:
+        if name == "seq":
+            return self._seq_column
+        if name == "task_id":
+            return "TEXT NOT NULL UNIQUE"
+        return self._types[_python_type(TASK_COLUMNS[name])]
+
+    def schema_statements(self) -> list[str]:
+        columns = ",\n    ".join(f"{name} {self._column_sql(name)}" for name in TASK_COLUMNS)
+        return [
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS tasks (\n    {columns}\n)",
+            "CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, queued_at, seq)",
+            "CREATE TABLE IF NOT EXISTS events (task_id TEXT NOT NULL, sequence BIGINT NOT NULL, kind TEXT NOT NULL,"
+            " status TEXT NOT NULL, timestamp TEXT NOT NULL, data_json TEXT NOT NULL,"
+            f" PRIMARY KEY (task_id, sequence)){self._events_suffix}",
+        ]
+
+    def _prepare_schema(self, con: Any) -> None:
+        """In a write transaction: record the schema version, migrate an older one, add the
+        columns of fields TaskRecord gained since."""
+        row = self._x(con, "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._x(con, "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        else:
+            version = int(row["value"])
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.describe()}: job store schema {version} is newer than this service "
+                                 f"understands ({SCHEMA_VERSION})")
+            if version < 2:
+                self._migrate_v1(con)
+            if version != SCHEMA_VERSION:
+                self._x(con, "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        for name in TASK_COLUMNS:
+            if name not in self._existing_columns(con):
+                self._x(con, f"ALTER TABLE tasks ADD COLUMN {name} {self._column_sql(name)}")
+
+    def _migrate_v1(self, con: Any) -> None:
+        """Schema 1 -> 2: progress columns and metrics_json into `state`; `*_json` renamed."""
+        old = [dict(r) for r in self._x(con, "SELECT * FROM tasks ORDER BY seq").fetchall()]
+        self._x(con, "DROP INDEX IF EXISTS tasks_by_status")
+        self._x(con, "ALTER TABLE tasks RENAME TO tasks_v1")
+        for statement in self.schema_statements()[1:3]:
+            self._x(con, statement)
+        for row in old:
+            state = {name: row[name] for name in PROGRESS_FIELDS if name in row}
+            state["metrics"] = json.loads(row.get("metrics_json") or "{}")
+            row["state"] = json.dumps(merge_state(state))
+            row["config"], row["resolved"] = row.get("config_json", "{}"), row.get("resolved_json", "{}")
+            names = [n for n in TASK_COLUMNS if n in row]
+            self._x(con, f"INSERT INTO tasks ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+                    [row[n] for n in names])
+        self._x(con, "DROP TABLE tasks_v1")
+
+    def describe(self) -> str:
+        return "storage.job_store"
+
+    # -- events ---------------------------------------------------------------------------
+    def _task_in(self, con: Any, task_id: str) -> TaskRecord | None:
+        row = self._x(con, "SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return task_from_row(row) if row else None
+
+    def _append_event(self, con: Any, task_id: str, kind: str, message: str = "",
+                      extra: dict[str, Any] | None = None) -> int:
+        """Add an event carrying the task's state as it is now in this transaction."""
+        self._x(con, "UPDATE tasks SET last_sequence = last_sequence + 1 WHERE task_id = ?", (task_id,))
+        task = self._task_in(con, task_id)
+        assert task is not None
+        data = task.progress_state()
+        data["message"] = message
+        if extra:
+            data.update(extra)
+        self._x(con, "INSERT INTO events (task_id, sequence, kind, status, timestamp, data_json)"
+                     " VALUES (?, ?, ?, ?, ?, ?)",
+                (task_id, task.last_sequence, kind, task.status, now_iso(), json.dumps(data, ensure_ascii=False)))
+        self._notify(con, task_id)
+        return task.last_sequence
+
+    def events_after(self, task_id: str, after: int, limit: int = 500) -> list[EventRecord]:
+        rows = self._x(self._conn(), "SELECT * FROM events WHERE task_id = ? AND sequence > ? ORDER BY sequence"
+                                     " LIMIT ?", (task_id, after, limit)).fetchall()
+        return [EventRecord(r["task_id"], int(r["sequence"]), r["kind"], r["status"], r["timestamp"],
+                            json.loads(r["data_json"])) for r in rows]
+
+    # -- reading tasks --------------------------------------------------------------------
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self._task_in(self._conn(), task_id)
+
+    def list_page(self, limit: int, before_seq: int | None = None) -> list[TaskRecord]:
+        """Tasks newest first; `before_seq` continues after the last task of a previous page."""
+        if before_seq is None:
+            rows = self._x(self._conn(), "SELECT * FROM tasks ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        else:
+            rows = self._x(self._conn(), "SELECT * FROM tasks WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                           (before_seq, limit)).fetchall()
+        return [task_from_row(r) for r in rows]
+
+    def _with_status(self, con: Any, statuses: tuple[str, ...] | list[str]) -> list[TaskRecord]:
+        marks = ",".join("?" for _ in statuses)
+        rows = self._x(con, f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY queued_at, seq",
+                       tuple(statuses)).fetchall()
+        return [task_from_row(r) for r in rows]
+
+    def with_status(self, *statuses: str) -> list[TaskRecord]:
+        return self._with_status(self._conn(), statuses)
+
+    def queue(self) -> list[str]:
+        """Ids of pending tasks in the order they will start."""
+        rows = self._x(self._conn(), "SELECT task_id FROM tasks WHERE status = ? ORDER BY queued_at, seq",
+                       (PENDING,)).fetchall()
+        return [r["task_id"] for r in rows]
+
+    def status_counts(self) -> dict[str, int]:
+        """Number of tasks in each state."""
+        rows = self._x(self._conn(), "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status").fetchall()
+        return {r["status"]: int(r["n"]) for r in rows}
+
+    def queue_position(self, task_id: str) -> int:
+        """0 for the next task to start; -1 when the task is not pending."""
+        order = self.queue()
+        return order.index(task_id) if task_id in order else -1
+
+    def output_dirs(self) -> list[str]:
+        """Every resolved output folder a task wrote (or meant to write) into."""
+        rows = self._x(self._conn(), "SELECT resolved FROM tasks").fetchall()
+        found = {json.loads(r["resolved"]).get("output_dir", "") for r in rows}
+        return sorted(d for d in found if d)
+
+    def _live_owner(self, con: Any, out: str, own_task: str = "") -> TaskRecord | None:
+        """The live task (other than `own_task`) whose resolved output folder overlaps `out`."""
+        for task in self._with_status(con, sorted(LIVE)):
+            other = task.resolved.get("output_dir", "")
+            if task.task_id != own_task and other and _overlaps(Path(other), Path(out)):
+                return task
+        return None
+
+    def live_owner(self, output_dir: str, own_task: str = "") -> TaskRecord | None:
+        """The live task other than `own_task` that writes into (or around) `output_dir`."""
+        return self._live_owner(self._conn(), output_dir, own_task)
+
+    def previous_tasks_for_output(self, output_dir: str) -> list[TaskRecord]:
+        """Tasks that wrote (or meant to write) into this resolved output folder, newest first."""
+        rows = self._x(self._conn(), "SELECT * FROM tasks ORDER BY seq DESC").fetchall()
+        return [t for t in map(task_from_row, rows) if t.resolved.get("output_dir") == output_dir]
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def create(self, *, task_id: str, strategy: str, dataset_path: str, eval_dataset_path: str,
+               output_dir: str, config: dict[str, Any], resolved: dict[str, Any],
+               message: str = "queued", resume_from: str = "") -> TaskRecord:
+        """Store a new pending task and its first event. Returns the stored record. Raises
+        OutputInUse, storing nothing, when a live task owns `resolved["output_dir"]`: the
+        check and the insert are one transaction, so two concurrent starts cannot both pass."""
+        stamp = now_iso()
+        values = dict(task_id=task_id, status=PENDING, strategy=strategy, dataset_path=dataset_path,
+                      eval_dataset_path=eval_dataset_path, output_dir=output_dir, config=config,
+                      resolved=resolved, created_at=stamp, queued_at=stamp, message=message,
+                      resume_from=resume_from, state=initial_state())
+        with self._write() as con:
+            out = str(resolved.get("output_dir", ""))
+            owner = self._live_owner(con, out) if out else None
+            if owner is not None:
+                raise OutputInUse(out, owner.task_id, owner.status)
+            self._x(con, f"INSERT INTO tasks ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})",
+                    [encode_value(k, v) for k, v in values.items()])
+            self._append_event(con, task_id, EVENT_STATUS, message)
+        record = self.get(task_id)
+        assert record is not None
+        return record
+
+    def claim(self, task_id: str, message: str = "starting the worker") -> int | None:
+        """pending -> running with a new attempt number (returned); None if not pending."""
+        with self._write() as con:
+            cur = self._x(con,
+                          "UPDATE tasks SET status = ?, attempt = attempt + 1, started_at = ?, completed_at = '',"
+                          " cancel_requested = 0, worker_pid = 0, worker_error = '', error_message = '', message = ?"
+                          " WHERE task_id = ? AND status = ?",
+                          (RUNNING, now_iso(), message, task_id, PENDING))
+            if cur.rowcount == 0:
+                return None
+            self._append_event(con, task_id, EVENT_STATUS, message)
+            return int(self._x(con, "SELECT attempt FROM tasks WHERE task_id = ?", (task_id,)).fetchone()["attempt"])
+
+    def set_worker_pid(self, task_id: str, attempt: int, pid: int) -> None:
+        with self._write() as con:
+            self._x(con, "UPDATE tasks SET worker_pid = ? WHERE task_id = ? AND attempt = ?", (pid, task_id, attempt))
+
+    def report(self, task_id: str, attempt: int, kind: str, *, fields: dict[str, Any] | None = None,
+               metrics: dict[str, float] | None = None, message: str | None = None,
+               last_checkpoint: str | None = None, event: bool = True) -> bool:
+        """A worker's progress: update the running task (merging `metrics`) and add an event.
+        Returns False, writing nothing, when the task is no longer running under `attempt`."""
+        merge_state({}, fields)  # an unknown field is refused before anything is read
+        sets, args = [], []
+        if message is not None:
+            sets.append("message = ?")
+            args.append(message)
+        if last_checkpoint is not None:
+            sets.append("last_checkpoint = ?")
+            args.append(last_checkpoint)
+        with self._write() as con:
+            row = self._x(con, "SELECT state FROM tasks WHERE task_id = ? AND attempt = ? AND status = ?",
+                          (task_id, attempt, RUNNING)).fetchone()
+            if row is None:
+                return False
+            if fields or metrics:
+                sets.append("state = ?")
+                args.append(json.dumps(merge_state(json.loads(row["state"]), fields, metrics)))
+            if sets:
+                self._x(con, f"UPDATE tasks SET {', '.join(sets)} WHERE task_id = ?", (*args, task_id))
+            if event:
+                self._append_event(con, task_id, kind, message or "")
+        return True
+
+    def note_worker_error(self, task_id: str, attempt: int, text: str) -> None:
+        """The worker's own account of why it is about to fail (the server adds stderr)."""
+        with self._write() as con:
+            self._x(con, "UPDATE tasks SET worker_error = ? WHERE task_id = ? AND attempt = ?",
+                    (text[:4000], task_id, attempt))
+
+    def finish(self, task_id: str, status: str, *, message: str, attempt: int | None = None,
+               from_statuses: tuple[str, ...] = (RUNNING,), error_message: str | None = None,
+               fields: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> bool:
+        """Move a task to a terminal `status` if it is in `from_statuses` (and under `attempt`
+        when given). Returns False, changing nothing, otherwise."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status!r} is not a terminal status")
+        merge_state({}, fields)
+        sets = ["status = ?", "completed_at = ?", "message = ?", "state = ?"]
+        where = f"task_id = ? AND status IN ({','.join('?' for _ in from_statuses)})"
+        wargs: list[Any] = [task_id, *from_statuses]
+        if attempt is not None:
+            where += " AND attempt = ?"
+            wargs.append(attempt)
+        with self._write() as con:
+            row = self._x(con, f"SELECT state FROM tasks WHERE {where}", wargs).fetchone()
+            if row is None:
+                return False
+            state = merge_state(json.loads(row["state"]), {**(fields or {}), "eta_seconds": 0}, metrics)
+            args: list[Any] = [status, now_iso(), message, json.dumps(state)]
+            if error_message is not None:
+                sets.append("error_message = ?")
+                args.append(error_message)
+            cur = self._x(con, f"UPDATE tasks SET {', '.join(sets)} WHERE {where}", (*args, *wargs))
+            if cur.rowcount == 0:
+                return False
+            self._append_event(con, task_id, EVENT_STATUS, message)
+        return True
+
+    def request_cancel(self, task_id: str) -> str:
+        """Cancel a task. Returns what happened: "cancelled" (it was pending and is now
+        cancelled), "signalled" (it is running; the flag is set for its worker), or "ended"
+        (it had already ended), "unknown" (no such task)."""
+        with self._write() as con:
+            row = self._x(con, "SELECT status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            if row is None:
+                return "unknown"
+            if row["status"] == PENDING:
+                self._x(con, "UPDATE tasks SET status = ?, completed_at = ?, message = ? WHERE task_id = ?",
+                        (CANCELLED, now_iso(), "cancelled before it started", task_id))
+                self._append_event(con, task_id, EVENT_STATUS, "cancelled before it started")
+                return "cancelled"
+            if row["status"] == RUNNING:
+                self._x(con, "UPDATE tasks SET cancel_requested = 1, message = ? WHERE task_id = ?",
+                        ("cancelling: the worker stops at its next step and saves a checkpoint", task_id))
+                self._append_event(con, task_id, EVENT_STATUS, "cancel requested")
+                return "signalled"
+            return "ended"
+
+    def worker_view(self, task_id: str) -> tuple[str, int, bool]:
+        """(status, attempt, cancel_requested), cheap enough to read at every step."""
+        row = self._x(self._conn(), "SELECT status, attempt, cancel_requested FROM tasks WHERE task_id = ?",
+                      (task_id,)).fetchone()
+        if row is None:
+            return ("", 0, False)
+        return (row["status"], int(row["attempt"]), bool(row["cancel_requested"]))
+
+    def requeue(self, task_id: str, *, resume_from: str, message: str) -> bool:
+        """An ended (failed, cancelled, interrupted) task goes back to the queue, to continue
+        from `resume_from`. Returns False if it is not in one of those states. Raises
+        OutputInUse when another live task owns its output folder (checked in the same
+        transaction)."""
+        marks = ",".join("?" for _ in RESUMABLE)
+        with self._write() as con:
+            task = self._task_in(con, task_id)
+            out = str(task.resolved.get("output_dir", "")) if task else ""
+            owner = self._live_owner(con, out, own_task=task_id) if out else None
+            if owner is not None:
+                raise OutputInUse(out, owner.task_id, owner.status)
+            if task is None or task.status not in RESUMABLE:
+                return False
+            state = json.dumps(merge_state(task.state, {"eta_seconds": 0}))
+            cur = self._x(con,
+                          f"UPDATE tasks SET status = ?, queued_at = ?, completed_at = '', error_message = '',"
+                          f" worker_error = '', cancel_requested = 0, state = ?, resume_from = ?, message = ?"
+                          f" WHERE task_id = ? AND status IN ({marks})",
+                          (PENDING, now_iso(), state, resume_from, message, task_id, *sorted(RESUMABLE)))
+            if cur.rowcount == 0:
+                return False
+            self._append_event(con, task_id, EVENT_STATUS, message)
+        return True
+
+    def interrupt_running(self, reason: str) -> list[TaskRecord]:
+        """On service start: every task still `running` belongs to a server that died. Mark
+        them `interrupted` and return them as they were (with their worker pids)."""
+        found = self.with_status(RUNNING)
+        for task in found:
+            self.finish(task.task_id, INTERRUPTED, message=reason, error_message=reason,
+                        attempt=task.attempt)
+        return found
+
+
+class TrainJobStore(SqlTaskStore):
     """Tasks and events in `<workspace>/jobs.db`. Safe to use from several threads (one
     connection per thread) and several processes (SQLite locking, WAL)."""
 
@@ -228,16 +640,16 @@ class TrainJobStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         try:
-            self._conn().executescript(_SCHEMA)  # idempotent; each statement commits itself
+            con = self._conn()
+            for statement in self.schema_statements():  # idempotent; each commits itself
+                con.execute(statement)
             with self._write() as con:
-                row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if row is None:
-                    con.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(row["value"]) > SCHEMA_VERSION:
-                    raise StoreError(f"storage.workspace: {self.path}: job store schema {row['value']} is newer than this "
-                                     f"service understands ({SCHEMA_VERSION})")
+                self._prepare_schema(con)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"storage.workspace: cannot open the job store {self.path}: {exc}") from exc
+
+    def describe(self) -> str:
+        return f"storage.workspace: {self.path}"
 
     # -- connections ----------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -266,6 +678,9 @@ class TrainJobStore:
             raise
         con.execute("COMMIT")
 
+    def _existing_columns(self, con: sqlite3.Connection) -> set[str]:
+        return {r["name"] for r in con.execute("PRAGMA table_info(tasks)").fetchall()}
+
     def close(self) -> None:
         with self._lock:
             for con in self._all:
@@ -278,259 +693,3 @@ class TrainJobStore:
 
     def journal_mode(self) -> str:
         return str(self._conn().execute("PRAGMA journal_mode").fetchone()[0])
-
-    # -- events ---------------------------------------------------------------------------
-    def _append_event(self, con: sqlite3.Connection, task_id: str, kind: str, message: str = "",
-                      extra: dict[str, Any] | None = None) -> int:
-        """Add an event carrying the task's state as it is now in this transaction."""
-        con.execute("UPDATE tasks SET last_sequence = last_sequence + 1 WHERE task_id = ?", (task_id,))
-        row = con.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        task = _task_from_row(row)
-        data = task.state()
-        data["message"] = message
-        if extra:
-            data.update(extra)
-        con.execute(
-            "INSERT INTO events (task_id, sequence, kind, status, timestamp, data_json) VALUES (?, ?, ?, ?, ?, ?)",
-            (task_id, task.last_sequence, kind, task.status, now_iso(), json.dumps(data, ensure_ascii=False)),
-        )
-        return task.last_sequence
-
-    def events_after(self, task_id: str, after: int, limit: int = 500) -> list[EventRecord]:
-        rows = self._conn().execute(
-            "SELECT * FROM events WHERE task_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-            (task_id, after, limit),
-        ).fetchall()
-        return [EventRecord(r["task_id"], r["sequence"], r["kind"], r["status"], r["timestamp"],
-                            json.loads(r["data_json"])) for r in rows]
-
-    # -- reading tasks --------------------------------------------------------------------
-    def get(self, task_id: str) -> TaskRecord | None:
-        row = self._conn().execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return _task_from_row(row) if row else None
-
-    def list_page(self, limit: int, before_seq: int | None = None) -> list[TaskRecord]:
-        """Tasks newest first; `before_seq` continues after the last task of a previous page."""
-        if before_seq is None:
-            rows = self._conn().execute("SELECT * FROM tasks ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-        else:
-            rows = self._conn().execute("SELECT * FROM tasks WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                                        (before_seq, limit)).fetchall()
-        return [_task_from_row(r) for r in rows]
-
-    def with_status(self, *statuses: str) -> list[TaskRecord]:
-        marks = ",".join("?" for _ in statuses)
-        rows = self._conn().execute(
-            f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY queued_at, seq", statuses).fetchall()
-        return [_task_from_row(r) for r in rows]
-
-    def queue(self) -> list[str]:
-        """Ids of pending tasks in the order they will start."""
-        rows = self._conn().execute(
-            "SELECT task_id FROM tasks WHERE status = ? ORDER BY queued_at, seq", (PENDING,)).fetchall()
-        return [r["task_id"] for r in rows]
-
-    def status_counts(self) -> dict[str, int]:
-        """Number of tasks in each state."""
-        rows = self._conn().execute("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status").fetchall()
-        return {r["status"]: r["n"] for r in rows}
-
-    def queue_position(self, task_id: str) -> int:
-        """0 for the next task to start; -1 when the task is not pending."""
-        order = self.queue()
-        return order.index(task_id) if task_id in order else -1
-
-    def output_dirs(self) -> list[str]:
-        """Every resolved output folder a task wrote (or meant to write) into."""
-        rows = self._conn().execute("SELECT resolved_json FROM tasks").fetchall()
-        found = {json.loads(r["resolved_json"]).get("output_dir", "") for r in rows}
-        return sorted(d for d in found if d)
-
-    def live_owner(self, output_dir: str, own_task: str = "") -> TaskRecord | None:
-        """The live task other than `own_task` that writes into (or around) `output_dir`."""
-        return _live_owner(self._conn(), output_dir, own_task)
-
-    def previous_tasks_for_output(self, output_dir: str) -> list[TaskRecord]:
-        """Tasks that wrote (or meant to write) into this resolved output folder, newest first."""
-        rows = self._conn().execute("SELECT * FROM tasks ORDER BY seq DESC").fetchall()
-        return [t for t in map(_task_from_row, rows) if t.resolved.get("output_dir") == output_dir]
-
-    # -- lifecycle --------------------------------------------------------------------------
-    def create(self, *, task_id: str, strategy: str, dataset_path: str, eval_dataset_path: str,
-               output_dir: str, config: dict[str, Any], resolved: dict[str, Any],
-               message: str = "queued", resume_from: str = "") -> TaskRecord:
-        """Store a new pending task and its first event. Returns the stored record. Raises
-        OutputInUse, storing nothing, when a live task owns `resolved["output_dir"]`: the
-        check and the insert are one transaction, so two concurrent starts cannot both pass."""
-        stamp = now_iso()
-        with self._write() as con:
-            out = str(resolved.get("output_dir", ""))
-            owner = _live_owner(con, out) if out else None
-            if owner is not None:
-                raise OutputInUse(out, owner.task_id, owner.status)
-            con.execute(
-                "INSERT INTO tasks (task_id, status, strategy, dataset_path, eval_dataset_path, output_dir,"
-                " config_json, resolved_json, created_at, queued_at, message, resume_from)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (task_id, PENDING, strategy, dataset_path, eval_dataset_path, output_dir,
-                 json.dumps(config, ensure_ascii=False), json.dumps(resolved, ensure_ascii=False),
-                 stamp, stamp, message, resume_from),
-            )
-            self._append_event(con, task_id, EVENT_STATUS, message)
-        record = self.get(task_id)
-        assert record is not None
-        return record
-
-    def claim(self, task_id: str, message: str = "starting the worker") -> int | None:
-        """pending -> running with a new attempt number (returned); None if not pending."""
-        with self._write() as con:
-            cur = con.execute(
-                "UPDATE tasks SET status = ?, attempt = attempt + 1, started_at = ?, completed_at = '',"
-                " cancel_requested = 0, worker_pid = 0, worker_error = '', error_message = '', message = ?"
-                " WHERE task_id = ? AND status = ?",
-                (RUNNING, now_iso(), message, task_id, PENDING),
-            )
-            if cur.rowcount == 0:
-                return None
-            self._append_event(con, task_id, EVENT_STATUS, message)
-            return int(con.execute("SELECT attempt FROM tasks WHERE task_id = ?", (task_id,)).fetchone()[0])
-
-    def set_worker_pid(self, task_id: str, attempt: int, pid: int) -> None:
-        with self._write() as con:
-            con.execute("UPDATE tasks SET worker_pid = ? WHERE task_id = ? AND attempt = ?", (pid, task_id, attempt))
-
-    def report(self, task_id: str, attempt: int, kind: str, *, fields: dict[str, Any] | None = None,
-               metrics: dict[str, float] | None = None, message: str | None = None,
-               last_checkpoint: str | None = None, event: bool = True) -> bool:
-        """A worker's progress: update the running task (merging `metrics`) and add an event.
-        Returns False, writing nothing, when the task is no longer running under `attempt`."""
-        sets, args = [], []
-        for name, value in (fields or {}).items():
-            if name not in PROGRESS_FIELDS:
-                raise ValueError(f"unknown progress field {name!r}")
-            sets.append(f"{name} = ?")
-            args.append(PROGRESS_FIELDS[name](value))
-        if message is not None:
-            sets.append("message = ?")
-            args.append(message)
-        if last_checkpoint is not None:
-            sets.append("last_checkpoint = ?")
-            args.append(last_checkpoint)
-        with self._write() as con:
-            row = con.execute("SELECT metrics_json FROM tasks WHERE task_id = ? AND attempt = ? AND status = ?",
-                              (task_id, attempt, RUNNING)).fetchone()
-            if row is None:
-                return False
-            if metrics:
-                merged = json.loads(row["metrics_json"])
-                merged.update({k: float(v) for k, v in metrics.items()})
-                sets.append("metrics_json = ?")
-                args.append(json.dumps(merged))
-            if sets:
-                con.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE task_id = ?", (*args, task_id))
-            if event:
-                self._append_event(con, task_id, kind, message or "")
-        return True
-
-    def note_worker_error(self, task_id: str, attempt: int, text: str) -> None:
-        """The worker's own account of why it is about to fail (the server adds stderr)."""
-        with self._write() as con:
-            con.execute("UPDATE tasks SET worker_error = ? WHERE task_id = ? AND attempt = ?",
-                        (text[:4000], task_id, attempt))
-
-    def finish(self, task_id: str, status: str, *, message: str, attempt: int | None = None,
-               from_statuses: tuple[str, ...] = (RUNNING,), error_message: str | None = None,
-               fields: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> bool:
-        """Move a task to a terminal `status` if it is in `from_statuses` (and under `attempt`
-        when given). Returns False, changing nothing, otherwise."""
-        if status not in TERMINAL:
-            raise ValueError(f"{status!r} is not a terminal status")
-        sets = ["status = ?", "completed_at = ?", "message = ?", "eta_seconds = 0"]
-        args: list[Any] = [status, now_iso(), message]
-        if error_message is not None:
-            sets.append("error_message = ?")
-            args.append(error_message)
-        for name, value in (fields or {}).items():
-            if name not in PROGRESS_FIELDS:
-                raise ValueError(f"unknown progress field {name!r}")
-            sets.append(f"{name} = ?")
-            args.append(PROGRESS_FIELDS[name](value))
-        where = f"task_id = ? AND status IN ({','.join('?' for _ in from_statuses)})"
-        wargs: list[Any] = [task_id, *from_statuses]
-        if attempt is not None:
-            where += " AND attempt = ?"
-            wargs.append(attempt)
-        with self._write() as con:
-            if metrics:
-                row = con.execute(f"SELECT metrics_json FROM tasks WHERE {where}", wargs).fetchone()
-                if row is None:
-                    return False
-                merged = json.loads(row["metrics_json"])
-                merged.update({k: float(v) for k, v in metrics.items()})
-                sets.append("metrics_json = ?")
-                args.append(json.dumps(merged))
-            cur = con.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE {where}", (*args, *wargs))
-            if cur.rowcount == 0:
-                return False
-            self._append_event(con, task_id, EVENT_STATUS, message)
-        return True
-
-    def request_cancel(self, task_id: str) -> str:
-        """Cancel a task. Returns what happened: "cancelled" (it was pending and is now
-        cancelled), "signalled" (it is running; the flag is set for its worker), or "ended"
-        (it had already ended), "unknown" (no such task)."""
-        with self._write() as con:
-            row = con.execute("SELECT status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-            if row is None:
-                return "unknown"
-            if row["status"] == PENDING:
-                con.execute("UPDATE tasks SET status = ?, completed_at = ?, message = ? WHERE task_id = ?",
-                            (CANCELLED, now_iso(), "cancelled before it started", task_id))
-                self._append_event(con, task_id, EVENT_STATUS, "cancelled before it started")
-                return "cancelled"
-            if row["status"] == RUNNING:
-                con.execute("UPDATE tasks SET cancel_requested = 1, message = ? WHERE task_id = ?",
-                            ("cancelling: the worker stops at its next step and saves a checkpoint", task_id))
-                self._append_event(con, task_id, EVENT_STATUS, "cancel requested")
-                return "signalled"
-            return "ended"
-
-    def worker_view(self, task_id: str) -> tuple[str, int, bool]:
-        """(status, attempt, cancel_requested), cheap enough to read at every step."""
-        row = self._conn().execute("SELECT status, attempt, cancel_requested FROM tasks WHERE task_id = ?",
-                                   (task_id,)).fetchone()
-        if row is None:
-            return ("", 0, False)
-        return (row["status"], int(row["attempt"]), bool(row["cancel_requested"]))
-
-    def requeue(self, task_id: str, *, resume_from: str, message: str) -> bool:
-        """An ended (failed, cancelled, interrupted) task goes back to the queue, to continue
-        from `resume_from`. Returns False if it is not in one of those states. Raises
-        OutputInUse when another live task owns its output folder (checked in the same
-        transaction)."""
-        marks = ",".join("?" for _ in RESUMABLE)
-        with self._write() as con:
-            row = con.execute("SELECT resolved_json FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-            out = str(json.loads(row["resolved_json"]).get("output_dir", "")) if row else ""
-            owner = _live_owner(con, out, own_task=task_id) if out else None
-            if owner is not None:
-                raise OutputInUse(out, owner.task_id, owner.status)
-            cur = con.execute(
-                f"UPDATE tasks SET status = ?, queued_at = ?, completed_at = '', error_message = '',"
-                f" worker_error = '', cancel_requested = 0, eta_seconds = 0, resume_from = ?, message = ?"
-                f" WHERE task_id = ? AND status IN ({marks})",
-                (PENDING, now_iso(), resume_from, message, task_id, *sorted(RESUMABLE)),
-            )
-            if cur.rowcount == 0:
-                return False
-            self._append_event(con, task_id, EVENT_STATUS, message)
-        return True
-
-    def interrupt_running(self, reason: str) -> list[TaskRecord]:
-        """On service start: every task still `running` belongs to a server that died. Mark
-        them `interrupted` and return them as they were (with their worker pids)."""
-        found = self.with_status(RUNNING)
-        for task in found:
-            self.finish(task.task_id, INTERRUPTED, message=reason, error_message=reason,
-                        attempt=task.attempt)
-        return found

@@ -71,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from services.train.progress import STOP_CANCEL, STOP_FENCED, is_main_process
-    from services.train.store import CANCELLED, COMPLETED, INTERRUPTED, RUNNING, TrainJobStore, run_dir
+    from services.train.store import CANCELLED, COMPLETED, INTERRUPTED, RUNNING, open_store, run_dir
 
     main_rank = is_main_process()
-    store = TrainJobStore(args.workspace / "jobs.db")
+    config = load_worker_config(args.config)
+    store = open_store(config, workspace=args.workspace)  # the server's storage.job_store
     task = store.get(args.task_id)
     if task is None:
-        print(f"worker: no task {args.task_id} in {args.workspace / 'jobs.db'}", file=sys.stderr)
+        print(f"worker: no task {args.task_id} in the job store of {args.workspace}", file=sys.stderr)
         return 2
     attempt = args.attempt or task.attempt
     stop = stop_control(store if main_rank else None, task.task_id, attempt, early)
@@ -90,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     from services.common.logging_setup import setup_logging
 
     setup_logging("train-worker", "INFO")
-    config = load_worker_config(args.config)
     from services.train import checkpoints
 
     checkpoints.enforce_weights_only()
