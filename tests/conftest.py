@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import services  # noqa: F401  (generated stubs importable)
+from tests.pg import postgres  # noqa: F401  (a real PostgreSQL server, for the job-store tests)
 from tests.support import make_config
 
 # Keep torch polite on a 2-core machine.

@@ -1,5 +1,6 @@
 """Unit tests of the job store: persistence, per-task event numbering, guarded transitions,
-fencing of stale workers, and concurrent writers in other processes."""
+fencing of stale workers, and concurrent writers in other processes. Each runs against both
+backends: SQLite (`<workspace>/jobs.db`) and a real PostgreSQL server (tests/pg.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,27 @@ import time
 import pytest
 
 from services.train.store import (CANCELLED, COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING,
-                                  TrainJobStore)
+                                  TaskStore, TrainJobStore)
 
 
-def make_task(store: TrainJobStore, task_id: str, output: str | None = None) -> None:
+def open_at(where: str) -> TaskStore:
+    """The store at `where`: a postgresql:// URL, or the path of a jobs.db."""
+    if where.startswith("postgresql://"):
+        from services.train.store_pg import PgTaskStore
+
+        return PgTaskStore(where)
+    return TrainJobStore(where)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def where(request, tmp_path) -> str:
+    """Where a test's job store lives, once per backend."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.db")
+    return request.getfixturevalue("postgres").new_database_url()
+
+
+def make_task(store: TaskStore, task_id: str, output: str | None = None) -> None:
     # Each task its own folder: the store refuses two live tasks writing into one.
     output = output or f"/tmp/out-{task_id}"
     store.create(task_id=task_id, strategy="trl", dataset_path="d.jsonl", eval_dataset_path="",
@@ -25,10 +43,11 @@ def make_task(store: TrainJobStore, task_id: str, output: str | None = None) -> 
                            "resume_from": ""})
 
 
-def test_wal_mode_and_survives_reopen(tmp_path):
-    path = tmp_path / "jobs.db"
-    store = TrainJobStore(path)
-    assert store.journal_mode().lower() == "wal"
+def test_wal_mode_and_survives_reopen(where):
+    path = where
+    store = open_at(path)
+    if isinstance(store, TrainJobStore):
+        assert store.journal_mode().lower() == "wal"
     make_task(store, "a")
     make_task(store, "b")
     attempt = store.claim("a")
@@ -36,7 +55,7 @@ def test_wal_mode_and_survives_reopen(tmp_path):
                         metrics={"tokens_per_second": 12.5}, message="step 3")
     store.close()
 
-    reopened = TrainJobStore(path)
+    reopened = open_at(path)
     a, b = reopened.get("a"), reopened.get("b")
     assert (a.status, a.current_step, a.total_steps, a.loss) == (RUNNING, 3, 10, 1.5)
     assert a.metrics == {"tokens_per_second": 12.5}
@@ -46,8 +65,8 @@ def test_wal_mode_and_survives_reopen(tmp_path):
     assert [e.sequence for e in reopened.events_after("a", 0)] == [1, 2, 3]
 
 
-def test_events_are_numbered_per_task_and_carry_the_state(tmp_path):
-    store = TrainJobStore(tmp_path / "jobs.db")
+def test_events_are_numbered_per_task_and_carry_the_state(where):
+    store = open_at(where)
     make_task(store, "a")
     make_task(store, "b")
     attempt = store.claim("a")
@@ -64,8 +83,8 @@ def test_events_are_numbered_per_task_and_carry_the_state(tmp_path):
     assert [e.sequence for e in store.events_after("b", 0)] == [1]  # b has its own numbering
 
 
-def test_terminal_states_are_never_overwritten(tmp_path):
-    store = TrainJobStore(tmp_path / "jobs.db")
+def test_terminal_states_are_never_overwritten(where):
+    store = open_at(where)
     make_task(store, "a")
     attempt = store.claim("a")
     assert store.finish("a", FAILED, attempt=attempt, message="boom", error_message="boom")
@@ -76,8 +95,8 @@ def test_terminal_states_are_never_overwritten(tmp_path):
     assert store.request_cancel("nope") == "unknown"
 
 
-def test_a_stale_worker_is_fenced_off_by_its_attempt(tmp_path):
-    store = TrainJobStore(tmp_path / "jobs.db")
+def test_a_stale_worker_is_fenced_off_by_its_attempt(where):
+    store = open_at(where)
     make_task(store, "a")
     first = store.claim("a")
     store.interrupt_running("service restarted")
@@ -92,8 +111,8 @@ def test_a_stale_worker_is_fenced_off_by_its_attempt(tmp_path):
     assert store.get("a").current_step == 1 and store.get("a").resume_from == "/ckpt"
 
 
-def test_cancel_pending_and_running_and_requeue(tmp_path):
-    store = TrainJobStore(tmp_path / "jobs.db")
+def test_cancel_pending_and_running_and_requeue(where):
+    store = open_at(where)
     make_task(store, "p")
     make_task(store, "r")
     make_task(store, "q")
@@ -111,8 +130,8 @@ def test_cancel_pending_and_running_and_requeue(tmp_path):
     assert store.queue() == ["q", "r"]  # a requeued task goes to the back
 
 
-def test_interrupt_running_marks_only_running_tasks(tmp_path):
-    store = TrainJobStore(tmp_path / "jobs.db")
+def test_interrupt_running_marks_only_running_tasks(where):
+    store = open_at(where)
     for name in ("run", "wait", "done"):
         make_task(store, name)
     store.claim("run")
@@ -126,14 +145,14 @@ def test_interrupt_running_marks_only_running_tasks(tmp_path):
 
 
 def _writer(path, task_id, attempt, count):
-    store = TrainJobStore(path)
+    store = open_at(path)
     for i in range(count):
         assert store.report(task_id, attempt, "progress", fields={"current_step": i})
 
 
-def test_concurrent_writers_in_other_processes_get_distinct_sequences(tmp_path):
-    path = tmp_path / "jobs.db"
-    store = TrainJobStore(path)
+def test_concurrent_writers_in_other_processes_get_distinct_sequences(where):
+    path = where
+    store = open_at(path)
     make_task(store, "a")
     attempt = store.claim("a")
     ctx = multiprocessing.get_context("spawn")
@@ -148,12 +167,12 @@ def test_concurrent_writers_in_other_processes_get_distinct_sequences(tmp_path):
     assert store.get("a").last_sequence == 122
 
 
-def test_recover_kills_a_leftover_worker_and_keeps_the_queue(tmp_path, tiny_model_dir):
+def test_recover_kills_a_leftover_worker_and_keeps_the_queue(tmp_path, tiny_model_dir, where):
     from services.train.scheduler import Scheduler
     from tests.support import make_config
 
     config = make_config(tmp_path / "ws", tiny_model_dir)
-    store = TrainJobStore(config.workspace / "jobs.db")
+    store = open_at(where)
     make_task(store, "orphaned")
     make_task(store, "queued")
     attempt = store.claim("orphaned")
@@ -172,12 +191,12 @@ def test_recover_kills_a_leftover_worker_and_keeps_the_queue(tmp_path, tiny_mode
     assert store.get("queued").status == PENDING
 
 
-def test_an_unrelated_process_with_a_recorded_pid_is_left_alone(tmp_path, tiny_model_dir):
+def test_an_unrelated_process_with_a_recorded_pid_is_left_alone(tmp_path, tiny_model_dir, where):
     from services.train.scheduler import Scheduler
     from tests.support import make_config
 
     config = make_config(tmp_path / "ws", tiny_model_dir)
-    store = TrainJobStore(config.workspace / "jobs.db")
+    store = open_at(where)
     make_task(store, "t")
     attempt = store.claim("t")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
@@ -192,8 +211,8 @@ def test_an_unrelated_process_with_a_recorded_pid_is_left_alone(tmp_path, tiny_m
 
 
 @pytest.mark.parametrize("status", [COMPLETED, "bogus"])
-def test_finish_rejects_non_terminal_targets(tmp_path, status):
-    store = TrainJobStore(tmp_path / "jobs.db")
+def test_finish_rejects_non_terminal_targets(where, status):
+    store = open_at(where)
     make_task(store, "a")
     if status == "bogus":
         with pytest.raises(ValueError):
@@ -202,12 +221,12 @@ def test_finish_rejects_non_terminal_targets(tmp_path, status):
         assert not store.finish("a", status, message="x")  # pending is not in from_statuses
 
 
-def test_recover_removes_half_saved_outputs(tmp_path, tiny_model_dir):
+def test_recover_removes_half_saved_outputs(tmp_path, tiny_model_dir, where):
     from services.train.scheduler import Scheduler
     from tests.support import make_config
 
     config = make_config(tmp_path / "ws", tiny_model_dir)
-    store = TrainJobStore(config.workspace / "jobs.db")
+    store = open_at(where)
     out = tmp_path / "models" / "x"
     make_task(store, "killed", output=str(out))
     store.claim("killed")
@@ -223,3 +242,137 @@ def test_recover_removes_half_saved_outputs(tmp_path, tiny_model_dir):
     Scheduler(store, config).recover()
     assert not half.exists() and not old.exists()
     assert other.exists() and (out / "config.json").is_file()
+
+
+# Schema 1 as it shipped (one column per progress number, *_json columns): a jobs.db written by
+# an older service must open, migrated, with nothing lost.
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+    strategy TEXT NOT NULL, dataset_path TEXT NOT NULL, eval_dataset_path TEXT NOT NULL DEFAULT '',
+    output_dir TEXT NOT NULL, config_json TEXT NOT NULL, resolved_json TEXT NOT NULL,
+    created_at TEXT NOT NULL, queued_at TEXT NOT NULL, started_at TEXT NOT NULL DEFAULT '',
+    completed_at TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL DEFAULT '', progress REAL NOT NULL DEFAULT 0,
+    current_step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER NOT NULL DEFAULT 0,
+    loss REAL NOT NULL DEFAULT 0, learning_rate REAL NOT NULL DEFAULT 0, epoch REAL NOT NULL DEFAULT 0,
+    grad_norm REAL NOT NULL DEFAULT 0, tokens_per_second REAL NOT NULL DEFAULT 0,
+    eta_seconds REAL NOT NULL DEFAULT 0, metrics_json TEXT NOT NULL DEFAULT '{}',
+    last_checkpoint TEXT NOT NULL DEFAULT '', resume_from TEXT NOT NULL DEFAULT '',
+    cancel_requested INTEGER NOT NULL DEFAULT 0, attempt INTEGER NOT NULL DEFAULT 0,
+    worker_pid INTEGER NOT NULL DEFAULT 0, worker_error TEXT NOT NULL DEFAULT '',
+    last_sequence INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX tasks_by_status ON tasks (status, queued_at, seq);
+CREATE TABLE events (task_id TEXT NOT NULL, sequence INTEGER NOT NULL, kind TEXT NOT NULL,
+    status TEXT NOT NULL, timestamp TEXT NOT NULL, data_json TEXT NOT NULL,
+    PRIMARY KEY (task_id, sequence)) WITHOUT ROWID;
+INSERT INTO tasks (task_id, status, strategy, dataset_path, output_dir, config_json, resolved_json,
+    created_at, queued_at, completed_at, message, progress, current_step, total_steps, loss,
+    learning_rate, epoch, metrics_json, last_checkpoint, attempt, last_sequence)
+VALUES ('old', 'completed', 'lora', 'd.jsonl', 'out', '{"learning_rate": 0.001}',
+    '{"output_dir": "/tmp/out-old"}', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z',
+    '2025-01-01T00:05:00.000Z', 'done', 100, 12, 12, 0.75, 0.0002, 3.0, '{"train_runtime": 9.5}',
+    '/ck/checkpoint-12', 1, 2);
+INSERT INTO tasks (task_id, status, strategy, dataset_path, output_dir, config_json, resolved_json,
+    created_at, queued_at, last_sequence)
+VALUES ('waiting', 'pending', 'trl', 'd.jsonl', 'out2', '{}', '{"output_dir": "/tmp/out-waiting"}',
+    '2025-01-02T00:00:00.000Z', '2025-01-02T00:00:00.000Z', 1);
+INSERT INTO events VALUES ('old', 1, 'status', 'pending', '2025-01-01T00:00:00.000Z', '{"message": "queued"}');
+INSERT INTO events VALUES ('old', 2, 'status', 'completed', '2025-01-01T00:05:00.000Z', '{"message": "done"}');
+INSERT INTO events VALUES ('waiting', 1, 'status', 'pending', '2025-01-02T00:00:00.000Z', '{"message": "queued"}');
+"""
+
+
+def test_a_schema_1_job_store_is_migrated_without_loss(tmp_path):
+    import sqlite3
+
+    from services.train.store import SCHEMA_VERSION
+
+    path = tmp_path / "jobs.db"
+    con = sqlite3.connect(path)
+    con.executescript(_SCHEMA_V1)
+    con.close()
+    store = TrainJobStore(path)
+    old = store.get("old")
+    assert (old.status, old.strategy, old.current_step, old.total_steps, old.loss, old.progress, old.epoch) == (
+        COMPLETED, "lora", 12, 12, 0.75, 100.0, 3.0)
+    assert old.metrics == {"train_runtime": 9.5} and old.config == {"learning_rate": 0.001}
+    assert old.last_checkpoint == "/ck/checkpoint-12" and old.attempt == 1 and old.message == "done"
+    assert [e.sequence for e in store.events_after("old", 0)] == [1, 2]
+    assert store.queue() == ["waiting"] and [t.task_id for t in store.list_page(10)] == ["waiting", "old"]
+    # The migrated store works on: numbering continues, a new task comes after the old ones.
+    attempt = store.claim("waiting")
+    assert store.report("waiting", attempt, "progress", fields={"current_step": 1}, metrics={"rewards/chosen": 0.5})
+    assert [e.sequence for e in store.events_after("waiting", 0)] == [1, 2, 3]
+    make_task(store, "new")
+    assert store.get("new").seq > store.get("waiting").seq
+    store.close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    columns = {r[1] for r in con.execute("PRAGMA table_info(tasks)")}
+    assert "state" in columns and "loss" not in columns and "metrics_json" not in columns
+    con.close()
+
+
+def test_a_newer_schema_is_refused_naming_the_file(tmp_path):
+    import sqlite3
+
+    from services.train.store import StoreError
+
+    path = tmp_path / "jobs.db"
+    TrainJobStore(path).close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="jobs.db.*schema 99 is newer"):
+        TrainJobStore(path)
+
+
+def test_progress_is_declared_once_by_the_proto(where):
+    """The progress numbers are TrainingEvent's; a metric of any name needs no declaration;
+    task_to_proto and event_to_proto carry every one of them."""
+    from services.train.server import event_to_proto, task_to_proto
+    from services.train.store import PROGRESS_FIELDS, TASK_COLUMNS
+    from wintrain.train.v1 import train_pb2
+
+    assert set(PROGRESS_FIELDS) == {"progress", "current_step", "total_steps", "loss", "learning_rate", "epoch",
+                                    "grad_norm", "tokens_per_second", "eta_seconds"}
+    assert not set(PROGRESS_FIELDS) & set(TASK_COLUMNS)  # one JSON column, `state`, holds them
+    store = open_at(where)
+    make_task(store, "a")
+    attempt = store.claim("a")
+    values = {name: (7 if kind is int else 0.5 + i) for i, (name, kind) in enumerate(PROGRESS_FIELDS.items())}
+    store.report("a", attempt, "eval", fields=values, metrics={"rewards/margins": 1.25}, message="m")
+    with pytest.raises(ValueError, match="unknown progress field 'bogus'"):
+        store.report("a", attempt, "progress", fields={"bogus": 1})
+    task = task_to_proto(store.get("a"), 0)
+    event = event_to_proto(store.events_after("a", 0)[-1])
+    snapshot = event_to_proto(store.get("a"))
+    for message in (task, event, snapshot):
+        assert {name: getattr(message, name) for name in PROGRESS_FIELDS} == values
+        assert dict(message.metrics) == {"rewards/margins": 1.25}
+        assert message.status == train_pb2.TASK_STATUS_RUNNING
+    assert task.strategy == train_pb2.STRATEGY_TRL and task.config.learning_rate == 0.001
+    assert task.config.lora_config.r == 8 and task.output_dir == "out"
+    assert event.kind == train_pb2.EVENT_KIND_EVAL and event.sequence == 3 and event.message == "m"
+    assert snapshot.kind == train_pb2.EVENT_KIND_SNAPSHOT and snapshot.sequence == 0
+
+
+def test_every_status_word_is_the_protos(tmp_path):
+    from services.train.server import task_to_proto
+    from services.train.store import STATUS_WORDS, STATUSES
+    from wintrain.api.v1 import options_pb2
+    from wintrain.train.v1 import train_pb2
+
+    assert set(STATUSES) == {v.GetOptions().Extensions[options_pb2.json_name]
+                             for v in train_pb2.TaskStatus.DESCRIPTOR.values if v.number}
+    store = TrainJobStore(tmp_path / "jobs.db")
+    make_task(store, "a")
+    for number, word in STATUS_WORDS.items():
+        record = store.get("a")
+        record.status = word
+        assert task_to_proto(record).status == number
