@@ -259,6 +259,7 @@ class RequestInvalid(ValueError):
         super().__init__("; ".join(f"{f}: {d}" for f, d in violations))
         self.violations = violations
 REF = "#/components/schemas/"
+_NULL = {"nullable": True, "enum": [None]}  # the JSON null, as an OpenAPI 3.0 schema
 
 
 def _to_openapi_30(node: Any) -> Any:
@@ -276,7 +277,9 @@ def _to_openapi_30(node: Any) -> Any:
             del node[key]
             if len(rest) == 1:
                 inner = rest[0]
-                node = {**({"allOf": [inner]} if "$ref" in inner else inner), **node, "nullable": True}
+                # A nullable $ref: `nullable` beside `allOf` does not admit null (OpenAPI 3.0).
+                node = ({"anyOf": [inner, dict(_NULL)], **node} if "$ref" in inner
+                        else {**inner, **node, "nullable": True})
             else:
                 node = {**node, key: rest, "nullable": True}
     node = {k: _to_openapi_30(v) for k, v in node.items()}

@@ -263,6 +263,10 @@ class SchemaBuilder:
             if "$ref" in schema:
                 schema = {"allOf": [schema]}  # siblings of $ref are ignored in OpenAPI 3.0
         self.constrain(fd, schema)
+        if schema.get("nullable") and "allOf" in schema:
+            # `nullable` beside `allOf` does not admit null in OpenAPI 3.0: null is its own option.
+            del schema["nullable"]
+            schema["anyOf"] = [*schema.pop("allOf"), {"nullable": True, "enum": [None]}]
         opts = fd.GetOptions()
         if opts.HasExtension(options_pb2.default_value):
             raw = opts.Extensions[options_pb2.default_value]

@@ -25,10 +25,15 @@ def doc(client):
 
 
 def _resolve(doc: dict, schema: dict) -> dict:
-    while "$ref" in schema or ("allOf" in schema and len(schema["allOf"]) == 1):
-        ref = schema["$ref"] if "$ref" in schema else schema["allOf"][0]["$ref"]
-        schema = doc["components"]["schemas"][ref.split("/")[-1]]
-    return schema
+    while True:
+        if "$ref" in schema:
+            schema = doc["components"]["schemas"][schema["$ref"].split("/")[-1]]
+        elif "allOf" in schema and len(schema["allOf"]) == 1:
+            schema = schema["allOf"][0]
+        elif "anyOf" in schema and any("$ref" in o for o in schema["anyOf"]):  # a nullable message
+            schema = next(o for o in schema["anyOf"] if "$ref" in o)
+        else:
+            return schema
 
 
 def _is_valid(doc: dict, schema: dict, instance) -> bool:
@@ -158,9 +163,18 @@ def test_required_fields_are_refused_naming_them(client, method, path, body, fie
     assert r.status_code == 400 and field in [d["field"] for d in r.json()["details"]], r.text
 
 
-def test_null_is_read_as_unset(client):
+def test_null_is_read_as_unset(client, doc):
     r = client.post("/api/inference/chat", json={"messages": None})
     assert r.status_code == 400 and r.json()["details"][0]["field"] == "messages"
+    # A message field that is not required may be null, in the schema as on the server.
+    body = {"input_file": "in.jsonl", "output_dir": "out", "split_config": None, "format_type": None}
+    assert _is_valid(doc, doc["components"]["schemas"]["wintrain.data.v1.ProcessDatasetRequest"], body)
+    assert not _is_valid(doc, doc["components"]["schemas"]["wintrain.data.v1.ProcessDatasetRequest"],
+                         {**body, "input_file": None})
+    assert client.post("/api/data/process", json=body).status_code == 200
+    chunk = doc["components"]["schemas"]["ChatCompletionChunk"]
+    assert _is_valid(doc, chunk, {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                  "choices": [], "usage": None})
 
 
 def test_responses_and_events_validate_against_their_schemas(doc, client):
