@@ -213,3 +213,24 @@ def test_eval_and_export_refuse_missing_required_fields(tmp_path):
         assert r.status_code == 400 and [d["field"] for d in r.json()["details"]] == ["dataset_path"], r.text
         r = httpx.post(f"{gw.url}/api/export/onnx", json={"model_path": "m", "output_path": None})
         assert r.status_code == 400 and [d["field"] for d in r.json()["details"]] == ["output_path"], r.text
+
+
+def test_every_get_answer_validates_against_its_schema(doc, client):
+    checked = 0
+    for path, item in doc["paths"].items():
+        op = item.get("get")
+        if op is None or "{" in path or not path.startswith(("/api/", "/v1/")):
+            continue
+        ok = op["responses"]["200"]["content"]
+        if "application/json" not in ok:
+            continue
+        r = client.get(path)
+        assert r.status_code == 200, (path, r.text)
+        assert _is_valid(doc, ok["application/json"]["schema"], r.json()), (path, r.json())
+        checked += 1
+    r = client.get("/v1/models/default")
+    assert _is_valid(doc, doc["paths"]["/v1/models/{model_id}"]["get"]["responses"]["200"]["content"]
+                     ["application/json"]["schema"], r.json())
+    r = client.get("/v1/models/nope")
+    assert r.status_code == 404 and _is_valid(doc, doc["components"]["schemas"]["ErrorResponse"], r.json())
+    assert checked >= 3, checked
