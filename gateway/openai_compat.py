@@ -64,6 +64,14 @@ def openai_error(err: GatewayError, params: dict[str, str] | None = None) -> dic
     return openai_error_body(err, OPENAI_PARAMS if params is None else params)
 
 
+def openai_logprobs(entries) -> dict:
+    """OpenAI's `logprobs` of a choice (or chunk) from proto TokenLogprobs."""
+    return {"content": [{"token": e.token, "logprob": e.logprob, "bytes": list(e.token_bytes),
+                         "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.token_bytes)}
+                                          for t in e.top_logprobs]} for e in entries],
+            "refusal": None}
+
+
 def _text_of(content: Any) -> str:
     if content is None or isinstance(content, str):
         return content or ""
@@ -228,6 +236,11 @@ class OpenAICompat:
             data["enable_thinking"] = req.chat_template_kwargs.enable_thinking
         if req.stop is not None:
             data["stop"] = [req.stop] if isinstance(req.stop, str) else req.stop
+        if req.logit_bias:
+            bad = [k for k in req.logit_bias if not re.fullmatch(r"-?[0-9]{1,10}", k)]
+            if bad:
+                raise GatewayError.invalid([("logit_bias", f"keys are token ids (integers as strings), got {bad[0]!r}")])
+            data["logit_bias"] = {str(int(k)): v for k, v in req.logit_bias.items()}
         if use_tools:
             data["tools_json"] = json.dumps([t.model_dump(exclude_none=True) for t in req.tools], ensure_ascii=False)
         if model_path is not None:
@@ -264,19 +277,24 @@ class OpenAICompat:
                                     parser, params)
             reply = await self.transcoder.unary(self.chat, message, rid)
             usage = message_to_json(reply.usage)
-            content, calls = parse_tool_calls(reply.content, parallel) if tools else (reply.content, [])
-            choice_message: dict[str, Any] = {"role": "assistant", "content": content}
-            if calls:
-                choice_message["tool_calls"] = calls
-            if reply.thinking_content:
-                choice_message["reasoning_content"] = reply.thinking_content
-            finish = "tool_calls" if calls else (reply.finish_reason or "stop")
+            choices = []
+            for c in (reply.choices or [reply]):
+                content, calls = parse_tool_calls(c.content, parallel) if tools else (c.content, [])
+                choice_message: dict[str, Any] = {"role": "assistant", "content": content}
+                if calls:
+                    choice_message["tool_calls"] = calls
+                if c.thinking_content:
+                    choice_message["reasoning_content"] = c.thinking_content
+                finish = "tool_calls" if calls else (c.finish_reason or "stop")
+                choices.append({"index": c.index if reply.choices else 0, "message": choice_message,
+                                "logprobs": openai_logprobs(c.logprobs.content) if message.logprobs else None,
+                                "finish_reason": finish})
             return JSONBytesResponse(dumps({
                 "id": completion_id,
                 "object": "chat.completion",
                 "created": created,
                 "model": model_name,
-                "choices": [{"index": 0, "message": choice_message, "logprobs": None, "finish_reason": finish}],
+                "choices": choices,
                 "usage": usage,
                 "system_fingerprint": None,
             }))
@@ -286,28 +304,35 @@ class OpenAICompat:
     def _stream(self, message, rid: str, completion_id: str, created: int, model: str, include_usage: bool,
                 parser: ToolStreamParser | None = None, params: dict[str, str] = OPENAI_PARAMS):
         usage: dict[str, Any] = {}
+        n = message.n or 1
+        parsers = {0: parser}
+        if parser is not None:
+            parsers.update((i, ToolStreamParser(parser.parallel)) for i in range(1, n))
 
-        def chunk(delta: dict, finish_reason: str | None = None) -> dict:
+        def chunk(delta: dict, finish_reason: str | None = None, index: int = 0, logprobs=None) -> dict:
             return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "system_fingerprint": None,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+                    "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
         def render(msg) -> list[dict]:
             out = []
+            i = msg.index
+            p = parsers.get(i)
             if msg.token:
-                if parser is None:
-                    out.append(chunk({"content": msg.token}))
+                logprobs = openai_logprobs(msg.logprobs.content) if message.logprobs else None
+                if p is None:
+                    out.append(chunk({"content": msg.token}, index=i, logprobs=logprobs))
                 else:
-                    out.extend(chunk(delta) for delta in parser.feed(msg.token))
+                    out.extend(chunk(delta, index=i) for delta in p.feed(msg.token))
             if msg.HasField("usage"):
                 usage.update(message_to_json(msg.usage))
             if msg.HasField("finish_reason"):
                 finish = msg.finish_reason or "stop"
-                if parser is not None:
-                    out.extend(chunk(delta) for delta in parser.flush())
-                    if parser.calls:
+                if p is not None:
+                    out.extend(chunk(delta, index=i) for delta in p.flush())
+                    if p.calls:
                         finish = "tool_calls"
-                out.append(chunk({}, finish))
+                out.append(chunk({}, finish, index=i))
             return out
 
         def finale() -> list[dict]:
@@ -319,7 +344,7 @@ class OpenAICompat:
         call = self.transcoder.stream(self.chat_stream, message, rid)
         return GrpcEventStream(
             call, render, self.transcoder.to_error(self.chat_stream),
-            prelude=lambda: [chunk({"role": "assistant", "content": ""})],
+            prelude=lambda: [chunk({"role": "assistant", "content": ""}, index=i) for i in range(n)],
             finale=finale,
             error_payload=lambda err: openai_error(err, params),
             error_response=lambda err: (err.status, dumps(openai_error(err, params))),

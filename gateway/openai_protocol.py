@@ -91,7 +91,7 @@ class ResponseFormat(_Open):
 
 # Fields copied as they are into InferenceService's ChatRequest (same names there).
 PASS_THROUGH = ("max_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty", "enable_thinking",
-                "min_tokens")
+                "min_tokens", "n", "logprobs", "top_logprobs", "frequency_penalty", "presence_penalty")
 
 
 class ChatCompletionRequest(_Open):
@@ -110,7 +110,16 @@ class ChatCompletionRequest(_Open):
     chat_template_kwargs: Optional[ChatTemplateKwargs] = Field(None, description="`enable_thinking` is read from here too.")
     stop: Optional[Union[str, list[str]]] = None
     seed: Optional[int] = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX)
-    n: Optional[int] = Field(None, ge=1, le=1, description="Only 1 is supported.")
+    n: Optional[int] = Field(None, ge=1, le=INT32_MAX, description="Choices to generate, up to the server's "
+                             "`inference.max_n` (rows of one batch; with a seed, choice i samples with seed + i).")
+    logprobs: Optional[bool] = Field(None, description="Log-probabilities of the answer's tokens (after penalties "
+                                     "and logit_bias, before temperature / top_p / top_k).")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20, description="With `logprobs`: the most likely tokens "
+                                        "at each position.")
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    logit_bias: Optional[dict[str, float]] = Field(
+        None, description="Token id (as a string) -> bias added to its logit, -100..100.")
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     tools: Optional[list[ToolParam]] = Field(
@@ -144,10 +153,25 @@ class AssistantMessage(BaseModel):
     tool_calls: Optional[list[ToolCall]] = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: Optional[list[TokenLogprob]] = None
+    refusal: Optional[list[TokenLogprob]] = None
+
+
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: str
 
 
@@ -177,7 +201,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
-    logprobs: None = None
+    logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[str] = None
 
 

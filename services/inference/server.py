@@ -52,11 +52,14 @@ def _tools_of(request) -> list[dict] | None:
     return tools or None
 
 
-def _logprobs(entries) -> list[pb.TokenLogprob]:
-    """Proto TokenLogprobs of scheduler.TokenLogprob entries."""
-    return [pb.TokenLogprob(token=e.token, logprob=e.logprob, token_bytes=e.token_bytes,
-                            top_logprobs=[pb.TopLogprob(token=t, logprob=lp, token_bytes=b) for t, lp, b in e.top])
-            for e in entries]
+def _logprobs(entries, asked: bool) -> pb.Logprobs | None:
+    """Proto Logprobs of scheduler.TokenLogprob entries (None when not asked for)."""
+    if not asked:
+        return None
+    return pb.Logprobs(content=[
+        pb.TokenLogprob(token=e.token, logprob=e.logprob, token_bytes=e.token_bytes,
+                        top_logprobs=[pb.TopLogprob(token=t, logprob=lp, token_bytes=b) for t, lp, b in e.top])
+        for e in entries])
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> pb.Usage:
@@ -153,9 +156,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return pb.ChatResponse(
             content=first.content, thinking_content=first.thinking, finish_reason=first.finish_reason,
             usage=_usage(first.prompt_tokens, sum(c.completion_tokens for c in choices)), model=str(source.path),
-            logprobs=_logprobs(first.logprobs),
+            logprobs=_logprobs(first.logprobs, params.logprobs),
             choices=[pb.ChatChoice(index=c.index, content=c.content, thinking_content=c.thinking,
-                                   finish_reason=c.finish_reason, logprobs=_logprobs(c.logprobs),
+                                   finish_reason=c.finish_reason, logprobs=_logprobs(c.logprobs, params.logprobs),
                                    completion_tokens=c.completion_tokens) for c in choices] if len(choices) > 1 else [],
         )
 
@@ -166,16 +169,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                                    enable_thinking=request.enable_thinking, tools=tools, n=request.n,
                                    max_rows=self.batch_size, progress="on_event", stop=None,
                                    cancel=control.cancel, timeout=control.remaining(), context=context) as call:
+            several = request.n > 1
             async for event in call:
-                yield pb.ChatStreamResponse(token=event.text, index=event.index,
-                                            logprobs=_logprobs(event.logprobs) if event.logprobs else None)
+                yield pb.ChatStreamResponse(token=event.text, index=event.index if several else None,
+                                            logprobs=_logprobs(event.logprobs, params.logprobs))
             done = call.result()
         choices = done if isinstance(done, list) else [done]
         for c in choices[:-1]:
             yield pb.ChatStreamResponse(index=c.index, finish_reason=c.finish_reason)
         last = choices[-1]
         yield pb.ChatStreamResponse(
-            index=last.index, finish_reason=last.finish_reason,
+            index=last.index if several else None, finish_reason=last.finish_reason,
             usage=_usage(last.prompt_tokens, sum(c.completion_tokens for c in choices)),
         )
 

@@ -22,7 +22,12 @@ def test_openai_part_is_valid_openapi_and_declares_every_parameter():
                  "chat_template_kwargs", "stream_options", "top_k", "stop"):
         assert name in props, name
     assert OPENAPI_SCHEMAS["ChatCompletionRequest"]["required"] == ["messages"]
-    assert props["n"]["maximum"] == 1
+    # n > 1 is served (up to the server's inference.max_n); the sampling parameters are declared.
+    assert props["n"]["minimum"] == 1
+    assert props["top_logprobs"]["maximum"] == 20
+    for name in ("frequency_penalty", "presence_penalty"):
+        assert (props[name]["minimum"], props[name]["maximum"]) == (-2, 2), name
+    assert "logprobs" in props and "logit_bias" in props
 
 
 def test_pass_through_fields_exist_in_the_protocol_and_in_chat_request():

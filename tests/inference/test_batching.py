@@ -127,22 +127,22 @@ def test_logprobs_and_top_logprobs_in_chat_and_stream(served):
     stub, _servicer = served
     request = chat("hi", max_tokens=12, min_tokens=12, temperature=0, logprobs=True, top_logprobs=5)
     reply = stub.Chat(request, timeout=120)
-    assert len(reply.logprobs) == reply.usage.completion_tokens == 12
-    for entry in reply.logprobs:
+    assert len(reply.logprobs.content) == reply.usage.completion_tokens == 12
+    for entry in reply.logprobs.content:
         assert entry.logprob <= 0 and len(entry.top_logprobs) == 5
         # Greedy: the chosen token is the most likely one, and tops are sorted.
         assert entry.top_logprobs[0].token == entry.token
         assert math.isclose(entry.top_logprobs[0].logprob, entry.logprob, rel_tol=1e-6)
         assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
-    assert bytes(b for e in reply.logprobs for b in e.token_bytes).decode("utf-8", "replace").startswith(reply.content[:1])
+    assert bytes(b for e in reply.logprobs.content for b in e.token_bytes).decode("utf-8", "replace").startswith(reply.content[:1])
     events = list(stub.ChatStream(request, timeout=120))
-    streamed = [e for ev in events for e in ev.logprobs]
-    assert [e.token for e in streamed] == [e.token for e in reply.logprobs][:len(streamed)]
+    streamed = [e for ev in events for e in ev.logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in reply.logprobs.content][:len(streamed)]
     assert len(streamed) >= 10
     assert "".join(ev.token for ev in events) == reply.content
     # Without logprobs there are none (and greedy answers are unchanged by asking).
     plain = stub.Chat(chat("hi", max_tokens=12, min_tokens=12, temperature=0), timeout=120)
-    assert not plain.logprobs and plain.content == reply.content
+    assert not plain.HasField("logprobs") and plain.content == reply.content
 
 
 def test_n_choices_share_the_batch_and_seed_each_choice(served):
@@ -165,7 +165,7 @@ def test_n_choices_share_the_batch_and_seed_each_choice(served):
 
 def _first_tokens(stub, **kwargs) -> list[str]:
     reply = stub.Chat(chat("hi", max_tokens=6, min_tokens=6, temperature=0, logprobs=True, **kwargs), timeout=120)
-    return [e.token for e in reply.logprobs], reply
+    return [e.token for e in reply.logprobs.content], reply
 
 
 def test_logit_bias_bans_and_forces_tokens(served):
@@ -193,14 +193,14 @@ def test_frequency_and_presence_penalties_lower_a_repeated_tokens_logit(served):
     bias = {cat: 30}
     tokens, plain = _first_tokens(stub, logit_bias=bias)
     assert tokens == [" cat"] * 6  # the precondition of the oracle below: same tokens, same contexts
-    base = [e.logprob for e in plain.logprobs]
+    base = [e.logprob for e in plain.logprobs.content]
     tokens, freq = _first_tokens(stub, logit_bias=bias, frequency_penalty=0.5)
     assert tokens == [" cat"] * 6
-    for k, entry in enumerate(freq.logprobs):  # k earlier " cat"s: the logit drops by 0.5 k
+    for k, entry in enumerate(freq.logprobs.content):  # k earlier " cat"s: the logit drops by 0.5 k
         assert math.isclose(entry.logprob, _expected_after_penalty(base[k], 0.5 * k), abs_tol=2e-3), k
     tokens, pres = _first_tokens(stub, logit_bias=bias, presence_penalty=1.5)
     assert tokens == [" cat"] * 6
-    for k, entry in enumerate(pres.logprobs):  # once seen: the logit drops by 1.5, whatever k
+    for k, entry in enumerate(pres.logprobs.content):  # once seen: the logit drops by 1.5, whatever k
         assert math.isclose(entry.logprob, _expected_after_penalty(base[k], 1.5 if k else 0.0), abs_tol=2e-3), k
 
 

@@ -90,9 +90,9 @@ class ChatResponse(_message.Message):
     finish_reason: str
     usage: Usage
     model: str
-    logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    logprobs: Logprobs
     choices: _containers.RepeatedCompositeFieldContainer[ChatChoice]
-    def __init__(self, content: _Optional[str] = ..., thinking_content: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., choices: _Optional[_Iterable[_Union[ChatChoice, _Mapping]]] = ...) -> None: ...
+    def __init__(self, content: _Optional[str] = ..., thinking_content: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., logprobs: _Optional[_Union[Logprobs, _Mapping]] = ..., choices: _Optional[_Iterable[_Union[ChatChoice, _Mapping]]] = ...) -> None: ...
 
 class ChatChoice(_message.Message):
     __slots__ = ("index", "content", "thinking_content", "finish_reason", "logprobs", "completion_tokens")
@@ -106,9 +106,15 @@ class ChatChoice(_message.Message):
     content: str
     thinking_content: str
     finish_reason: str
-    logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    logprobs: Logprobs
     completion_tokens: int
-    def __init__(self, index: _Optional[int] = ..., content: _Optional[str] = ..., thinking_content: _Optional[str] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., content: _Optional[str] = ..., thinking_content: _Optional[str] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Union[Logprobs, _Mapping]] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+
+class Logprobs(_message.Message):
+    __slots__ = ("content",)
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    content: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    def __init__(self, content: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token", "logprob", "token_bytes", "top_logprobs")
@@ -143,8 +149,8 @@ class ChatStreamResponse(_message.Message):
     finish_reason: str
     usage: Usage
     index: int
-    logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
-    def __init__(self, token: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., index: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
+    logprobs: Logprobs
+    def __init__(self, token: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., index: _Optional[int] = ..., logprobs: _Optional[_Union[Logprobs, _Mapping]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("model_path", "prompts", "max_tokens", "temperature", "top_p", "top_k", "seed", "min_tokens")
