@@ -178,7 +178,12 @@ class Scheduler:
             seq.generator = torch.Generator(device=logits.device)
             seq.generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         seq.pos = n
-        if not self._take(seq, self._pick(seq, logits[0])):
+        try:
+            alive = self._take(seq, self._pick(seq, logits[0]))
+        except Exception as exc:  # noqa: BLE001 - only this row ends
+            self._end(seq, None, exc)
+            return
+        if not alive:
             return
         if self._cache is None:
             self._rows, self._cache, self._mask = [seq], cache, mask
@@ -217,8 +222,13 @@ class Scheduler:
         keep = []
         for i, seq in enumerate(rows):
             seq.pos += 1
-            tid = picked[i] if i in picked else self._pick(seq, logits[i])
-            if self._take(seq, tid):
+            try:
+                tid = picked[i] if i in picked else self._pick(seq, logits[i])
+                alive = self._take(seq, tid)
+            except Exception as exc:  # noqa: BLE001 - this row's own settings failed (e.g. a logits hook): only it ends
+                self._end(seq, None, exc)
+                alive = False
+            if alive:
                 keep.append(i)
         if len(keep) < len(rows):
             self._select(keep)

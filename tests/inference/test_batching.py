@@ -220,3 +220,42 @@ def test_bad_sampling_fields_are_refused_naming_the_field(served, fields, named)
         stub.Chat(chat("hi", max_tokens=4, **fields), timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert named in err.value.details()
+
+
+def test_a_row_whose_own_processing_fails_ends_alone(noisy_model_dir):
+    """A failing per-row logits hook fails that request only; the row beside it finishes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from services.inference import engine
+    from services.inference.registry import describe_model
+
+    model = AutoModelForCausalLM.from_pretrained(noisy_model_dir).eval()
+    loaded = describe_model("m", None, model, AutoTokenizer.from_pretrained(noisy_model_dir), True)
+    messages = [{"role": "user", "content": "hi"}]
+    greedy = engine.SamplingParams(max_tokens=30, min_tokens=30)
+    alone = engine.chat(loaded, messages, greedy, engine.RunControl()).content
+
+    def hook(ids, logits):
+        if len(ids) == 5:
+            raise ValueError("hook broke")
+        return logits
+
+    errors: list = []
+    out: list = []
+    broken = threading.Thread(target=lambda: errors.append(_raises(lambda: engine.chat(
+        loaded, messages, engine.SamplingParams(max_tokens=30, logits_hook=hook), engine.RunControl()))))
+    fine = threading.Thread(target=lambda: out.append(engine.chat(loaded, messages, greedy, engine.RunControl())))
+    broken.start()
+    fine.start()
+    broken.join(60)
+    fine.join(60)
+    assert isinstance(errors[0], ValueError)
+    assert out[0].content == alone
+
+
+def _raises(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
