@@ -16,8 +16,9 @@ Stream N new tokens (default 256), median seconds of R runs after a warm-up:
 Time to first token: first ChatStream event, against the original's first token.
 
 Batch: P prompts (default 32, from the bundled bilingual dataset), M new tokens each:
-`Batch` (one RPC, batched generate, `inference.batch_size` per chunk) against a sequential
-loop of `Chat` (the original's batch). Goal: >= 3x throughput.
+`Batch` (one RPC; every prompt a row of the model's running batch, `inference.batch_size`
+rows per step) against a sequential loop of `Chat` (the original's batch). Goal: >= 3x
+throughput. Concurrent users through the gateway: bench/serving_bench.py.
 
     .venv/bin/python bench/inference_bench.py [--tokens 256] [--repeats 3] [--prompts 32]
         [--batch-tokens 32] [--models tiny,medium]
