@@ -22,7 +22,9 @@ vLLM-style parameters `top_k`, `repetition_penalty`, `min_tokens` and `enable_th
 render them is refused naming `tools`. Calls are parsed from the Qwen/Hermes convention
 `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` in the model's text, also in
 streams, into `tool_calls` with finish_reason `tool_calls`. `tool_choice` `required` or a named
-function, and `response_format` other than `text`, would need constrained decoding: 400.
+function would need constrained decoding of the call: 400. `response_format` `json_object` /
+`json_schema` constrain the answer to JSON (`ChatRequest.response_json_schema`, lm-format-enforcer
+in InferenceService).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from gateway.transcoder import Transcoder, parse_json_object, read_body, request
 
 SERVICE = "wintrain.inference.v1.InferenceService"
 # Fields of InferenceService's ChatRequest under their OpenAI names (errors name those).
-OPENAI_PARAMS = {"model_path": "model", "tools_json": "tools"}
+OPENAI_PARAMS = {"model_path": "model", "tools_json": "tools", "response_json_schema": "response_format"}
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 _TOOL_BLOCK = re.compile(re.escape(TOOL_OPEN) + r"(.*?)" + re.escape(TOOL_CLOSE), re.S)
 
@@ -70,6 +72,19 @@ def openai_logprobs(entries) -> dict:
                          "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.token_bytes)}
                                           for t in e.top_logprobs]} for e in entries],
             "refusal": None}
+
+
+def response_schema(req: ChatCompletionRequest) -> dict | None:
+    """The JSON Schema the answer must follow (constrained decoding in InferenceService), or None."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    schema = (fmt.json_schema or {}).get("schema")
+    if not isinstance(schema, dict):
+        raise GatewayError.invalid([("response_format.json_schema.schema", "expected a JSON Schema object")])
+    return schema
 
 
 def _text_of(content: Any) -> str:
@@ -211,9 +226,7 @@ class OpenAICompat:
 
     def chat_request(self, req: ChatCompletionRequest, model_path: str | None):
         """The ChatRequest of a validated OpenAI chat completion (raises GatewayError)."""
-        if req.response_format is not None and req.response_format.type != "text":
-            raise GatewayError.invalid([("response_format", f"{req.response_format.type!r} needs constrained "
-                                         "decoding, which this server does not have; only 'text' is supported")])
+        schema = response_schema(req)
         choice = req.tool_choice
         if choice is not None and not req.tools and choice != "none":
             raise GatewayError.invalid([("tool_choice", "needs `tools`")])
@@ -241,6 +254,8 @@ class OpenAICompat:
             if bad:
                 raise GatewayError.invalid([("logit_bias", f"keys are token ids (integers as strings), got {bad[0]!r}")])
             data["logit_bias"] = {str(int(k)): v for k, v in req.logit_bias.items()}
+        if schema is not None:
+            data["response_json_schema"] = json.dumps(schema, ensure_ascii=False)
         if use_tools:
             data["tools_json"] = json.dumps([t.model_dump(exclude_none=True) for t in req.tools], ensure_ascii=False)
         if model_path is not None:

@@ -85,8 +85,10 @@ class NamedToolChoice(_Open):
 
 class ResponseFormat(_Open):
     type: Literal["text", "json_object", "json_schema"] = Field(
-        description="Only `text`: constrained decoding is not available (`json_object`, `json_schema`: 400).")
-    json_schema: Optional[dict[str, Any]] = None
+        description="`json_object` and `json_schema` constrain decoding (lm-format-enforcer) to JSON: any "
+                    "object, or one following `json_schema.schema`.")
+    json_schema: Optional[dict[str, Any]] = Field(None, description="`{\"name\", \"schema\", \"strict\"}` "
+                                                                    "as OpenAI's; `schema` is required.")
 
 
 # Fields copied as they are into InferenceService's ChatRequest (same names there).

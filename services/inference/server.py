@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+from dataclasses import replace
 import logging
 import time
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from services.common.errors import InvalidArgument
 from services.common.logging_setup import request_id_var
 from services.common.protomap import message_from
 from services.common.server import ServiceRuntime, service_full_name
-from services.inference import engine
+from services.inference import constrained, engine
 from services.common.admission import limiter_from_config
 from services.common.blocking import run_admitted, stream_admitted
 from services.inference.registry import LoadedModel, ModelRegistry
@@ -119,6 +120,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if not (1 <= request.n <= self.max_n):
             raise InvalidArgument.for_field("n", f"must be in [1, {self.max_n}] (inference.max_n)")
         source = self.registry.resolve(_optional(request, "model_path"))
+        if request.HasField("response_json_schema"):
+            schema = constrained.parse_schema(request.response_json_schema)
+            registry = self.registry
+            params = replace(params, logits_hook=constrained.json_logits_hook(schema, lambda: registry.cached(source)))
         return messages, params, source, tools
 
     async def _load(self, source) -> LoadedModel:

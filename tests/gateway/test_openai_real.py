@@ -4,6 +4,7 @@ that takes them, and refused (naming `tools`) by one that ignores them."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import httpx
@@ -101,3 +102,43 @@ def test_default_model_by_its_folder_name(stack, tiny_model_dir):
                    json={"model": tiny_model_dir.name, "messages": USER, "max_tokens": 1})
     assert r.status_code == 200, r.text
     assert tiny_model_dir.name in [m["id"] for m in httpx.get(f"{gw.url}/v1/models").json()["data"]]
+
+
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
+                 "required": ["answer", "sure"], "additionalProperties": False}
+
+
+@pytest.mark.slow  # ~40 s on 2 shared cores: four constrained generations
+def test_response_format_json_schema_constrains_the_answer(sdk):
+    for stream in (False, True):
+        kwargs = dict(model="default", messages=USER, max_tokens=48, temperature=0, response_format={
+            "type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA}})
+        if stream:
+            chunks = list(sdk.chat.completions.create(stream=True, **kwargs))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            reply = sdk.chat.completions.create(**kwargs)
+            text = reply.choices[0].message.content
+            assert reply.choices[0].finish_reason == "stop", text
+        data = json.loads(text)  # the tiny model left alone writes no JSON at all
+        assert set(data) == {"answer", "sure"} and data["answer"] in ("yes", "no") and isinstance(data["sure"], bool), text
+    # Sampled, many rows of one batch: every answer still follows the schema.
+    reply = sdk.chat.completions.create(model="default", messages=USER, max_tokens=48, temperature=1.0, seed=3, n=3,
+                                        response_format={"type": "json_schema",
+                                                         "json_schema": {"name": "a", "schema": ANSWER_SCHEMA}})
+    for choice in reply.choices:
+        if choice.finish_reason == "stop":
+            assert json.loads(choice.message.content)["answer"] in ("yes", "no"), choice.message.content
+
+
+def test_response_format_json_object_and_bad_schemas(sdk):
+    reply = sdk.chat.completions.create(model="default", messages=USER, max_tokens=24, temperature=0,
+                                        response_format={"type": "json_object"})
+    text = reply.choices[0].message.content
+    assert text.lstrip().startswith("{"), text
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    with pytest.raises(openai.BadRequestError) as exc:
+        sdk.chat.completions.create(model="default", messages=USER, max_tokens=4, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
+    assert exc.value.param == "response_format"

@@ -91,8 +91,8 @@ def test_backend_field_names_become_openai_params(client, sdk):
     ({"messages": USER, "tools": TOOLS, "tool_choice": "required"}, "tool_choice"),
     ({"messages": USER, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
      "tool_choice"),
-    ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
-    ({"messages": USER, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+    ({"messages": USER, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+     "response_format.json_schema.schema"),
     ({"messages": USER, "response_format": {"type": "xml"}}, "response_format.type"),
 ])
 def test_refusals_name_the_openai_param(client, body, param):
@@ -102,8 +102,9 @@ def test_refusals_name_the_openai_param(client, body, param):
 
 def test_sdk_raises_bad_request_with_param(sdk):
     with pytest.raises(openai.BadRequestError) as exc:
-        sdk.chat.completions.create(model="default", messages=USER, response_format={"type": "json_object"})
-    assert exc.value.param == "response_format" and exc.value.code == "INVALID_ARGUMENT"
+        sdk.chat.completions.create(model="default", messages=USER,
+                                    response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": 5}})
+    assert exc.value.param == "response_format.json_schema.schema" and exc.value.code == "INVALID_ARGUMENT"
 
 
 def test_response_format_text_is_accepted(client):
