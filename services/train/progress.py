@@ -22,9 +22,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from services.train import control as control_flags
 from services.train.store import RUNNING, TaskStore, now_iso
 
-STOP_CANCEL, STOP_SIGNAL, STOP_FENCED = "cancel", "signal", "fenced"
+STOP_CANCEL, STOP_SIGNAL, STOP_FENCED, STOP_PAUSE = "cancel", "signal", "fenced", "pause"
 
 
 def is_main_process() -> bool:
@@ -42,6 +43,9 @@ class StopControl:
         self.signalled = False
         self.reason: str | None = None
         self._next_check = 0.0
+        # The task's run folder, where PauseTraining and SaveCheckpoint leave their flags
+        # (services.train.control); None: no such controls (tests, non-main ranks).
+        self.run_dir: Path | None = None
 
     def install_signal_handlers(self) -> None:
         def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -60,6 +64,8 @@ class StopControl:
                 self.reason = STOP_FENCED
             elif cancel:
                 self.reason = STOP_CANCEL
+            elif self.run_dir is not None and control_flags.is_requested(self.run_dir, control_flags.PAUSE):
+                self.reason = STOP_PAUSE
         if self.reason is None and self.signalled:
             # A SIGTERM is a cancel when the flag is set (it usually is, a moment earlier).
             if self.store is not None:
@@ -208,6 +214,11 @@ class ProgressCallback(TrainerCallback):
             control.should_log = True
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_log = True  # the last step's loss is reported whatever logging_steps is
+        # SaveCheckpoint: save at this step and keep training (every rank saves together).
+        save_now = bool(self.main and self.stop.run_dir is not None
+                        and control_flags.take(self.stop.run_dir, control_flags.SAVE))
+        if _agree(save_now, args.device):
+            control.should_save = True
         if control.should_save:
             # Every checkpoint lies on a logging boundary (the Trainer logs before it saves in the
             # same step): no step's loss is left unlogged in a checkpoint's log_history, and the

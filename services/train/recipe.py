@@ -142,11 +142,13 @@ def trainer_arguments(spec: RunSpec, device: str) -> dict:
         save_safetensors=True,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=(s.eval_steps or s.logging_steps) if has_eval else None,
-        # Early stopping (pre-flight checked an eval dataset and save_steps a multiple of the
-        # eval steps): the Trainer keeps the best checkpoint by eval_loss and loads it at the end.
+        # save_total_limit keeps the checkpoint with the best eval loss as well as the latest
+        # ones (the Trainer's rotation spares state.best_model_checkpoint). The final output is
+        # the last step's model, except with early stopping (pre-flight checked an eval dataset
+        # and save_steps a multiple of the eval steps): then the best one is loaded at the end.
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
         load_best_model_at_end=early,
-        metric_for_best_model="eval_loss" if early else None,
-        greater_is_better=False if early else None,
         # Checkpointing trades compute for memory; on CPU there is no memory to save.
         gradient_checkpointing=on_gpu,
         bf16=bf16,

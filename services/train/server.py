@@ -5,6 +5,7 @@ with it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -96,6 +97,21 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
     async def ResumeTraining(self, request, context):
         task = await self.jobs.resume(request.task_id, request.checkpoint)
         return task_to_proto(task, self.jobs.store.queue_position(task.task_id))
+
+    async def ListCheckpoints(self, request, context):
+        infos = await asyncio.to_thread(self.jobs.list_checkpoints, request.task_id)
+        return train_pb2.ListCheckpointsResponse(checkpoints=[
+            train_pb2.Checkpoint(**{k: v for k, v in vars(info).items() if v is not None}) for info in infos])
+
+    async def SaveCheckpoint(self, request, context):
+        return task_to_proto(await self.jobs.save_checkpoint(request.task_id))
+
+    async def PauseTraining(self, request, context):
+        return task_to_proto(await self.jobs.pause(request.task_id))
+
+    async def ListTrainingEvents(self, request, context):
+        events, more = self.jobs.list_events(request.task_id, request.after_sequence, request.page_size)
+        return train_pb2.ListTrainingEventsResponse(events=[event_to_proto(e) for e in events], has_more=more)
 
 
 def register(runtime: ServiceRuntime) -> list[str]:

@@ -13,11 +13,11 @@ from typing import AsyncIterator
 from services.common.config import Config
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.paths import resolve_allowed_path
-from services.train import checkpoints
+from services.train import checkpoints, control
 from services.train.preflight import (AcceptedTask, StartRequest, check_output_dir, check_start_request,
                                       output_in_use)
 from services.train.scheduler import Scheduler
-from services.train.store import RESUMABLE, EventRecord, OutputInUse, TaskRecord, open_store, run_dir
+from services.train.store import CANCELLED, PAUSED, RUNNING, RESUMABLE, EventRecord, OutputInUse, TaskRecord, open_store, run_dir
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -105,7 +105,10 @@ class TrainingJobs:
         return tasks, token, queue
 
     async def cancel(self, task_id: str) -> TaskRecord:
-        self._task(task_id)
+        task = self._task(task_id)
+        if task.status == PAUSED and self.store.finish(task_id, CANCELLED, from_statuses=(PAUSED,),
+                                                        message="cancelled while paused"):
+            return self._task(task_id)
         outcome = self.store.request_cancel(task_id)
         if outcome == "ended":
             task = self._task(task_id)
@@ -132,14 +135,18 @@ class TrainingJobs:
             folder = checkpoints.latest_checkpoint(run_dir(self.config.workspace, task_id) / "checkpoints")
             if folder is None and task.resume_from and Path(task.resume_from).is_dir():
                 folder = Path(task.resume_from)  # it failed before saving one of its own
+            if folder is None and task.status == PAUSED:
+                folder = Path("")  # paused before its first step: it starts over
             if folder is None:
                 raise FailedPrecondition(f"task {task_id} has no checkpoint to resume from",
                                          [("task_id", "no checkpoint")])
         await asyncio.to_thread(check_output_dir, Path(task.resolved["output_dir"]), protected=[],
                                 store=self.store, own_task=task_id)
+        control.clear(run_dir(self.config.workspace, task_id))
         try:
-            requeued = self.store.requeue(task_id, resume_from=str(folder),
-                                          message=f"queued again to resume from {folder.name}")
+            requeued = self.store.requeue(task_id, resume_from=str(folder) if folder.name else "",
+                                          message=f"queued again to resume from {folder.name}" if folder.name
+                                          else "queued again (paused before its first checkpoint)")
         except OutputInUse as exc:
             raise output_in_use(exc) from None
         if not requeued:
@@ -147,6 +154,42 @@ class TrainingJobs:
             raise FailedPrecondition(f"task {task_id} is {current.status}", [("task_id", f"task is {current.status}")])
         self.scheduler.wake()
         return self._task(task_id)
+
+    # -- controls of a running task (issue 19) ---------------------------------------------
+    def _running(self, task_id: str, what: str) -> TaskRecord:
+        task = self._task(task_id)
+        if task.status != RUNNING or task.cancel_requested:
+            state = "being cancelled" if task.status == RUNNING else task.status
+            raise FailedPrecondition(f"task {task_id} is {state}; only a running task can be {what}",
+                                     [("task_id", f"task is {state}")])
+        return task
+
+    async def save_checkpoint(self, task_id: str) -> TaskRecord:
+        """Ask the worker to save a checkpoint at its next step and keep training."""
+        self._running(task_id, "checkpointed")
+        control.request(run_dir(self.config.workspace, task_id), control.SAVE)
+        return self._task(task_id)
+
+    async def pause(self, task_id: str) -> TaskRecord:
+        """Ask the worker to stop at its next step with a checkpoint; the task ends `paused`."""
+        self._running(task_id, "paused")
+        control.request(run_dir(self.config.workspace, task_id), control.PAUSE)
+        return self._task(task_id)
+
+    def list_checkpoints(self, task_id: str) -> list[control.CheckpointInfo]:
+        self._task(task_id)
+        return control.checkpoint_infos(run_dir(self.config.workspace, task_id) / "checkpoints")
+
+    def list_events(self, task_id: str, after: int, page_size: int) -> tuple[list[EventRecord], bool]:
+        """Stored events after sequence `after`, oldest first, and whether more follow."""
+        if after < 0:
+            raise InvalidArgument.for_field("after_sequence", "must be >= 0")
+        if page_size < 0:
+            raise InvalidArgument.for_field("page_size", "must be >= 0")
+        self._task(task_id)
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        events = self.store.events_after(task_id, after, size + 1)
+        return events[:size], len(events) > size
 
     async def watch(self, task_id: str, from_sequence: int,
                     replay: bool = False) -> AsyncIterator[TaskRecord | EventRecord]:

@@ -262,6 +262,7 @@ class TaskStore(Protocol):
     def worker_view(self, task_id: str) -> tuple[str, int, bool]: ...
     def requeue(self, task_id: str, *, resume_from: str, message: str) -> bool: ...
     def interrupt_running(self, reason: str) -> list[TaskRecord]: ...
+    def add_event(self, task_id: str, kind: str, message: str, extra: dict[str, Any] | None = None) -> int: ...
     def close(self) -> None: ...
 
 
@@ -395,6 +396,14 @@ class SqlTaskStore:
                 (task_id, task.last_sequence, kind, task.status, now_iso(), json.dumps(data, ensure_ascii=False)))
         self._notify(con, task_id)
         return task.last_sequence
+
+    def add_event(self, task_id: str, kind: str, message: str, extra: dict[str, Any] | None = None) -> int:
+        """An event on a task in any state, changing nothing else (a webhook delivery attempt
+        after the task ended). Returns its sequence, 0 for an unknown task."""
+        with self._write() as con:
+            if self._task_in(con, task_id) is None:
+                return 0
+            return self._append_event(con, task_id, kind, message, extra)
 
     def events_after(self, task_id: str, after: int, limit: int = 500) -> list[EventRecord]:
         rows = self._x(self._conn(), "SELECT * FROM events WHERE task_id = ? AND sequence > ? ORDER BY sequence"

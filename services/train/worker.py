@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="service config as JSON (written by the server)")
     args = parser.parse_args(argv)
 
-    from services.train.progress import STOP_CANCEL, STOP_FENCED, is_main_process
-    from services.train.store import CANCELLED, COMPLETED, INTERRUPTED, RUNNING, open_store, run_dir
+    from services.train.progress import STOP_CANCEL, STOP_FENCED, STOP_PAUSE, is_main_process
+    from services.train.store import CANCELLED, COMPLETED, INTERRUPTED, PAUSED, RUNNING, open_store, run_dir
 
     main_rank = is_main_process()
     config = load_worker_config(args.config)
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     attempt = args.attempt or task.attempt
     stop = stop_control(store if main_rank else None, task.task_id, attempt, early)
+    if main_rank:  # PauseTraining and SaveCheckpoint flags (services.train.control)
+        stop.run_dir = run_dir(args.workspace, task.task_id)
     die_with_parent()
     if task.status != RUNNING or task.attempt != attempt:
         print(f"worker: task {task.task_id} is {task.status} (attempt {task.attempt}), not running "
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     elif result.outcome == STOP_CANCEL:
         store.finish(task.task_id, CANCELLED, attempt=attempt, metrics=metrics,
                      message=f"cancelled at step {result.step}{where}")
+    elif result.outcome == STOP_PAUSE:
+        store.finish(task.task_id, PAUSED, attempt=attempt, metrics=metrics,
+                     message=f"paused at step {result.step}{where}; resume to continue")
     elif result.outcome == STOP_FENCED:
         print(f"worker: task {task.task_id} is no longer running attempt {attempt}; stopped", file=sys.stderr)
     else:

@@ -26,6 +26,7 @@ class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATUS_FAILED: _ClassVar[TaskStatus]
     TASK_STATUS_CANCELLED: _ClassVar[TaskStatus]
     TASK_STATUS_INTERRUPTED: _ClassVar[TaskStatus]
+    TASK_STATUS_PAUSED: _ClassVar[TaskStatus]
 
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +36,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_PROGRESS: _ClassVar[EventKind]
     EVENT_KIND_EVAL: _ClassVar[EventKind]
     EVENT_KIND_CHECKPOINT: _ClassVar[EventKind]
+    EVENT_KIND_WEBHOOK: _ClassVar[EventKind]
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_TRL: Strategy
 STRATEGY_LORA: Strategy
@@ -46,12 +48,14 @@ TASK_STATUS_COMPLETED: TaskStatus
 TASK_STATUS_FAILED: TaskStatus
 TASK_STATUS_CANCELLED: TaskStatus
 TASK_STATUS_INTERRUPTED: TaskStatus
+TASK_STATUS_PAUSED: TaskStatus
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_SNAPSHOT: EventKind
 EVENT_KIND_STATUS: EventKind
 EVENT_KIND_PROGRESS: EventKind
 EVENT_KIND_EVAL: EventKind
 EVENT_KIND_CHECKPOINT: EventKind
+EVENT_KIND_WEBHOOK: EventKind
 
 class LoraConfig(_message.Message):
     __slots__ = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias")
@@ -296,3 +300,67 @@ class ResumeTrainingRequest(_message.Message):
     task_id: str
     checkpoint: str
     def __init__(self, task_id: _Optional[str] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+
+class ListCheckpointsRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("step", "created_at", "train_loss", "eval_loss", "mean_token_accuracy", "eval_mean_token_accuracy", "size_bytes", "path", "best")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_MEAN_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    created_at: str
+    train_loss: float
+    eval_loss: float
+    mean_token_accuracy: float
+    eval_mean_token_accuracy: float
+    size_bytes: int
+    path: str
+    best: bool
+    def __init__(self, step: _Optional[int] = ..., created_at: _Optional[str] = ..., train_loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., mean_token_accuracy: _Optional[float] = ..., eval_mean_token_accuracy: _Optional[float] = ..., size_bytes: _Optional[int] = ..., path: _Optional[str] = ..., best: _Optional[bool] = ...) -> None: ...
+
+class ListCheckpointsResponse(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ...) -> None: ...
+
+class SaveCheckpointRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class PauseTrainingRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class ListTrainingEventsRequest(_message.Message):
+    __slots__ = ("task_id", "after_sequence", "page_size")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    after_sequence: int
+    page_size: int
+    def __init__(self, task_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListTrainingEventsResponse(_message.Message):
+    __slots__ = ("events", "has_more")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TrainingEvent]
+    has_more: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[TrainingEvent, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...

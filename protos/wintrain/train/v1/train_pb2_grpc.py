@@ -66,6 +66,26 @@ class TrainServiceStub:
                 request_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.ResumeTrainingRequest.SerializeToString,
                 response_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.TrainingTask.FromString,
                 _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/wintrain.train.v1.TrainService/ListCheckpoints',
+                request_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.SaveCheckpoint = channel.unary_unary(
+                '/wintrain.train.v1.TrainService/SaveCheckpoint',
+                request_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.SaveCheckpointRequest.SerializeToString,
+                response_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.TrainingTask.FromString,
+                _registered_method=True)
+        self.PauseTraining = channel.unary_unary(
+                '/wintrain.train.v1.TrainService/PauseTraining',
+                request_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.PauseTrainingRequest.SerializeToString,
+                response_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.TrainingTask.FromString,
+                _registered_method=True)
+        self.ListTrainingEvents = channel.unary_unary(
+                '/wintrain.train.v1.TrainService/ListTrainingEvents',
+                request_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.ListTrainingEventsRequest.SerializeToString,
+                response_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.ListTrainingEventsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainServiceServicer:
@@ -125,6 +145,43 @@ class TrainServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCheckpoints(self, request, context):
+        """The task's saved checkpoints, oldest step first: step, time, the train and
+        eval loss and token accuracy logged up to that step, size on disk, and
+        `path`, a folder usable as model_path by inference, eval and export.
+        NOT_FOUND for an unknown task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveCheckpoint(self, request, context):
+        """Asks the running worker to save a checkpoint at its next step and keep
+        training (a `checkpoint` event follows). FAILED_PRECONDITION when the task
+        is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseTraining(self, request, context):
+        """Stops a running task at its next step with a checkpoint and frees its
+        worker (process and memory); the task ends as `paused`, and
+        ResumeTraining continues it from that checkpoint. FAILED_PRECONDITION
+        when the task is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTrainingEvents(self, request, context):
+        """Stored events of a task, oldest first, page by page (what WatchTraining
+        replays, without following the task). NOT_FOUND for an unknown task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +214,26 @@ def add_TrainServiceServicer_to_server(servicer, server):
                     servicer.ResumeTraining,
                     request_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.ResumeTrainingRequest.FromString,
                     response_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.TrainingTask.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'SaveCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveCheckpoint,
+                    request_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.SaveCheckpointRequest.FromString,
+                    response_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.TrainingTask.SerializeToString,
+            ),
+            'PauseTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseTraining,
+                    request_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.PauseTrainingRequest.FromString,
+                    response_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.TrainingTask.SerializeToString,
+            ),
+            'ListTrainingEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrainingEvents,
+                    request_deserializer=wintrain_dot_train_dot_v1_dot_train__pb2.ListTrainingEventsRequest.FromString,
+                    response_serializer=wintrain_dot_train_dot_v1_dot_train__pb2.ListTrainingEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -323,6 +400,114 @@ class TrainService:
             '/wintrain.train.v1.TrainService/ResumeTraining',
             wintrain_dot_train_dot_v1_dot_train__pb2.ResumeTrainingRequest.SerializeToString,
             wintrain_dot_train_dot_v1_dot_train__pb2.TrainingTask.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wintrain.train.v1.TrainService/ListCheckpoints',
+            wintrain_dot_train_dot_v1_dot_train__pb2.ListCheckpointsRequest.SerializeToString,
+            wintrain_dot_train_dot_v1_dot_train__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wintrain.train.v1.TrainService/SaveCheckpoint',
+            wintrain_dot_train_dot_v1_dot_train__pb2.SaveCheckpointRequest.SerializeToString,
+            wintrain_dot_train_dot_v1_dot_train__pb2.TrainingTask.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wintrain.train.v1.TrainService/PauseTraining',
+            wintrain_dot_train_dot_v1_dot_train__pb2.PauseTrainingRequest.SerializeToString,
+            wintrain_dot_train_dot_v1_dot_train__pb2.TrainingTask.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrainingEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wintrain.train.v1.TrainService/ListTrainingEvents',
+            wintrain_dot_train_dot_v1_dot_train__pb2.ListTrainingEventsRequest.SerializeToString,
+            wintrain_dot_train_dot_v1_dot_train__pb2.ListTrainingEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
