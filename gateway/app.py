@@ -28,6 +28,7 @@ from gateway.middleware import GatewayMiddleware, RequestHooks
 from gateway.openai_compat import OPENAPI_PATHS as OPENAI_PATHS
 from gateway.openai_compat import OPENAPI_SCHEMAS as OPENAI_SCHEMAS
 from gateway.openai_compat import OpenAICompat
+from gateway.openai_ft import install as install_fine_tuning
 from gateway.openapi import build_openapi, swagger_ui_dir, swagger_ui_html
 from gateway.routes import RouteSpec, discover_routes
 from gateway.responses import error_response, json_response
@@ -171,6 +172,7 @@ def create_app(config: Config, hooks: RequestHooks | None = None, specs: list[Ro
         # The dashboard (static files of gateway/ui/, issue 10).
         Mount("/ui", app=StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui"),
         *gateway.openai.routes(),
+        *install_fine_tuning(gateway),  # /v1/files, /v1/fine_tuning/jobs (issue 19)
         *gateway.transcoder.routes(),
     ]
     app = Starlette(
