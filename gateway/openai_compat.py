@@ -21,8 +21,9 @@ vLLM-style parameters `top_k`, `repetition_penalty`, `min_tokens` and `enable_th
 `tools` go to the model's chat template (`ChatRequest.tools_json`); a template that does not
 render them is refused naming `tools`. Calls are parsed from the Qwen/Hermes convention
 `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` in the model's text, also in
-streams, into `tool_calls` with finish_reason `tool_calls`. `tool_choice` `required` or a named
-function would need constrained decoding of the call: 400. `response_format` `json_object` /
+streams, into `tool_calls` with finish_reason `tool_calls`. With `tool_choice` `required` or a
+named function the answer is constrained to one call's JSON `{"name", "arguments"}` (the
+function's `parameters` schema). `response_format` `json_object` /
 `json_schema` constrain the answer to JSON (`ChatRequest.response_json_schema`, lm-format-enforcer
 in InferenceService).
 """
@@ -87,6 +88,27 @@ def response_schema(req: ChatCompletionRequest) -> dict | None:
     return schema
 
 
+def forces_a_call(req: ChatCompletionRequest) -> bool:
+    """tool_choice `required` or a named function (with tools)."""
+    choice = req.tool_choice
+    return bool(req.tools) and (choice == "required" or (choice is not None and not isinstance(choice, str)))
+
+
+def forced_call_schema(req: ChatCompletionRequest) -> dict:
+    """The JSON Schema of the one call the answer must be, `{"name", "arguments"}` (decoding is
+    constrained to it): a named function's own parameters, or any of the tools for `required`."""
+    functions = {t.function.name: t.function for t in req.tools}
+    if isinstance(req.tool_choice, str):
+        names = list(functions)
+    else:
+        names = [req.tool_choice.function.name]
+        if names[0] not in functions:
+            raise GatewayError.invalid([("tool_choice.function.name", f"{names[0]!r} is not one of `tools`")])
+    arguments = (functions[names[0]].parameters if len(names) == 1 else None) or {"type": "object"}
+    return {"type": "object", "properties": {"name": {"enum": names}, "arguments": arguments},
+            "required": ["name", "arguments"], "additionalProperties": False}
+
+
 def _text_of(content: Any) -> str:
     if content is None or isinstance(content, str):
         return content or ""
@@ -148,14 +170,17 @@ class ToolStreamParser:
     start of `<tool_call>` is held back until it is known; a call is sent as one delta when
     its block closes (its JSON is only known then)."""
 
-    def __init__(self, parallel: bool = True):
+    def __init__(self, parallel: bool = True, forced: bool = False):
         self.parallel = parallel
+        self.forced = forced  # the whole answer is one call's JSON (tool_choice required / named)
         self.buffer = ""
         self.calls = 0
 
     def feed(self, text: str) -> list[dict]:
         self.buffer += text
         out: list[dict] = []
+        if self.forced:
+            return out
         while self.buffer:
             start = self.buffer.find(TOOL_OPEN)
             if start < 0:
@@ -180,6 +205,11 @@ class ToolStreamParser:
 
     def flush(self) -> list[dict]:
         out: list[dict] = []
+        call = _tool_call(self.buffer.strip()) if self.forced else None
+        if call is not None:
+            self.buffer = ""
+            self.calls = 1
+            return [{"tool_calls": [{"index": 0, **call}]}]
         self._content(out, self.buffer)
         self.buffer = ""
         return out
@@ -230,9 +260,11 @@ class OpenAICompat:
         choice = req.tool_choice
         if choice is not None and not req.tools and choice != "none":
             raise GatewayError.invalid([("tool_choice", "needs `tools`")])
-        if choice == "required" or (choice is not None and not isinstance(choice, str)):
-            raise GatewayError.invalid([("tool_choice", "'required' and a named function need constrained "
-                                         "decoding, which this server does not have; use 'auto' or 'none'")])
+        if forces_a_call(req):
+            if schema is not None:
+                raise GatewayError.invalid([("response_format", "cannot be combined with tool_choice 'required' "
+                                             "or a named function")])
+            schema = forced_call_schema(req)
         use_tools = bool(req.tools) and choice != "none"
         messages = []
         for msg in req.messages:
@@ -287,14 +319,18 @@ class OpenAICompat:
             created = int(time.time())
             if req.stream:
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
-                parser = ToolStreamParser(parallel) if tools else None
+                parser = ToolStreamParser(parallel, forced=forces_a_call(req)) if tools else None
                 return self._stream(message, rid, completion_id, created, model_name, include_usage,  # type: ignore[return-value]
                                     parser, params)
             reply = await self.transcoder.unary(self.chat, message, rid)
             usage = message_to_json(reply.usage)
             choices = []
             for c in (reply.choices or [reply]):
-                content, calls = parse_tool_calls(c.content, parallel) if tools else (c.content, [])
+                if tools and forces_a_call(req):
+                    call = _tool_call(c.content.strip())
+                    content, calls = (None, [call]) if call is not None else (c.content, [])
+                else:
+                    content, calls = parse_tool_calls(c.content, parallel) if tools else (c.content, [])
                 choice_message: dict[str, Any] = {"role": "assistant", "content": content}
                 if calls:
                     choice_message["tool_calls"] = calls

@@ -129,8 +129,8 @@ class ChatCompletionRequest(_Open):
                           "ignores tools: 400 naming `tools`). Calls come back in `tool_calls` with "
                           "finish_reason `tool_calls`, parsed from `<tool_call>{json}</tool_call>` text.")
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = Field(
-        None, description="`auto` (default with tools) or `none`. `required` and a named function need "
-                          "constrained decoding, which is not available: 400.")
+        None, description="`auto` (default with tools), `none`, or `required` / a named function: the answer "
+                          "is then one call, decoding constrained to its JSON (the function's `parameters`).")
     parallel_tool_calls: Optional[bool] = Field(None, description="Several calls may come back (true, the default);"
                                                                   " false keeps the first.")
     response_format: Optional[ResponseFormat] = None

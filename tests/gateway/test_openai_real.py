@@ -142,3 +142,19 @@ def test_response_format_json_object_and_bad_schemas(sdk):
         sdk.chat.completions.create(model="default", messages=USER, max_tokens=4, response_format={
             "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
     assert exc.value.param == "response_format"
+
+
+CITY_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"],
+    "additionalProperties": False}}}]
+
+
+@pytest.mark.slow  # ~20 s on 2 shared cores
+def test_a_named_tool_choice_is_honoured(sdk, stack):
+    model = str(stack[2])
+    reply = sdk.chat.completions.create(model=model, messages=USER, tools=CITY_TOOLS, max_tokens=160, temperature=0,
+                                        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] in ("Paris", "Rome")

@@ -88,9 +88,10 @@ def test_backend_field_names_become_openai_params(client, sdk):
     ({"messages": USER, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
     ({"messages": USER, "tool_choice": "sometimes", "tools": TOOLS}, "tool_choice"),
     ({"messages": USER, "tool_choice": "auto"}, "tool_choice"),
-    ({"messages": USER, "tools": TOOLS, "tool_choice": "required"}, "tool_choice"),
-    ({"messages": USER, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
-     "tool_choice"),
+    ({"messages": USER, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "tool_choice.function.name"),
+    ({"messages": USER, "tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}},
+     "response_format"),
     ({"messages": USER, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
      "response_format.json_schema.schema"),
     ({"messages": USER, "response_format": {"type": "xml"}}, "response_format.type"),
@@ -205,3 +206,37 @@ def test_parsers_keep_text_that_is_not_a_call():
     out += parser.flush()
     assert "".join(d["content"] for d in out) == "a <tool_cax> b<tool_call>{bad}</tool_call><tool_c"
     assert parser.calls == 0
+
+
+FORCED = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_forced_tool_choice_answers_one_call(sdk, choice):
+    # The fake answers the last message as it is: the whole answer is the call's JSON.
+    reply = sdk.chat.completions.create(model="default", tools=TOOLS, tool_choice=choice,
+                                        messages=[{"role": "user", "content": FORCED}])
+    choice_ = reply.choices[0]
+    assert choice_.finish_reason == "tool_calls" and choice_.message.content is None
+    assert choice_.message.tool_calls[0].function.name == "get_weather"
+    assert json.loads(choice_.message.tool_calls[0].function.arguments) == {"city": "Paris"}
+    chunks = list(sdk.chat.completions.create(model="default", tools=TOOLS, tool_choice=choice, stream=True,
+                                              messages=[{"role": "user", "content": FORCED}]))
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_forced_call_schema_is_the_functions_parameters():
+    from gateway.openai_compat import forced_call_schema
+    from gateway.openai_protocol import parse_chat_request
+
+    named = parse_chat_request({"messages": USER, "tools": TOOLS,
+                                "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
+    schema = forced_call_schema(named)
+    assert schema["properties"]["name"] == {"enum": ["get_weather"]}
+    assert schema["properties"]["arguments"] == TOOLS[0]["function"]["parameters"]
+    two = TOOLS + [{"type": "function", "function": {"name": "other"}}]
+    schema = forced_call_schema(parse_chat_request({"messages": USER, "tools": two, "tool_choice": "required"}))
+    assert schema["properties"]["name"] == {"enum": ["get_weather", "other"]}
