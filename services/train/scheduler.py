@@ -24,7 +24,7 @@ from pathlib import Path
 from services.common.metrics import TRAIN_TASKS
 from services.common.config import REPO_ROOT, Config
 from services.train import checkpoints
-from services.train.store import CANCELLED, FAILED, INTERRUPTED, RUNNING, TaskStore, run_dir
+from services.train.store import CANCELLED, FAILED, INTERRUPTED, RUNNING, OutputInUse, TaskStore, run_dir
 
 log = logging.getLogger("wintrain.train")
 
@@ -112,6 +112,18 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        # Replicas sharing one store (PostgreSQL) claim tasks under leases they renew.
+        self.shared = bool(getattr(store, "shared", False))
+        self.replica_id = str(config.get("train.replica_id") or f"{socket.gethostname()}-{os.getpid()}")
+        self._next_beat = 0.0
+
+    @property
+    def lease_seconds(self) -> float:
+        return max(1.0, float(self.config.get("train.lease_seconds", 15) or 15))
+
+    @property
+    def auto_resume(self) -> bool:
+        return bool(self.config.get("train.auto_resume", False))
 
     @property
     def max_concurrent(self) -> int:
@@ -127,16 +139,18 @@ class Scheduler:
         theirs still alive is killed; half-saved outputs are removed. Pending tasks stay
         queued. Returns the ids marked."""
         reason = "the service restarted while this task was running; resume it to continue from its last checkpoint"
-        found = self.store.interrupt_running(reason)
+        found = self.store.interrupt_running(reason, replica_id=self.replica_id if self.shared else None)
         for task in found:
             if task.worker_pid and _is_our_worker(task.worker_pid, task.task_id):
                 try:
                     os.killpg(task.worker_pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-        # Temporaries a killed worker left while saving an output (`.<name>.*.tmp`): no task
-        # runs yet, so every one of them is stale.
-        for out in self.store.output_dirs():
+        # Temporaries a killed worker left while saving an output (`.<name>.*.tmp`): no task of
+        # this service runs yet, so every one of them is stale (with replicas: only those of
+        # the tasks just marked; the others may belong to a live replica's worker).
+        outs = [t.resolved.get("output_dir", "") for t in found] if self.shared else self.store.output_dirs()
+        for out in filter(None, outs):
             checkpoints.remove_partial_outputs(Path(out))
         if found:
             log.warning("marked interrupted after restart", extra={"tasks": ",".join(t.task_id for t in found)})
@@ -172,13 +186,56 @@ class Scheduler:
                 handle.killed = True
         for state, count in self.store.status_counts().items():
             TRAIN_TASKS.labels(state).set(count)
+        beat = self.shared and now >= self._next_beat
+        if beat:  # the heartbeat, also while stopping: its workers are still checkpointing
+            self._next_beat = now + self.lease_seconds / 3
+            self.store.renew_leases(self.replica_id, self.lease_seconds)
         if self._stopping:
             return
+        self._follow_cancels()
+        if beat:
+            expired = self.store.expire_leases(
+                "the train-service replica running this task stopped renewing its lease (it died, or lost the "
+                "database); resume it to continue from its last checkpoint")
+            if expired:
+                log.warning("leases expired", extra={"tasks": ",".join(t.task_id for t in expired)})
+        if self.auto_resume:
+            self._resume_interrupted()
         while len(self.workers) < self.max_concurrent:
+            if self.shared:
+                claimed = self.store.claim_next(self.replica_id, self.lease_seconds,
+                                                message=f"starting the worker on replica {self.replica_id}")
+                if claimed is None:
+                    break
+                self._start_worker(*claimed)
+                continue
             queue = self.store.queue()
             if not queue:
                 break
             self._launch(queue[0])
+
+    def _follow_cancels(self) -> None:
+        """A cancel stored by another replica (or by this one) reaches the worker here."""
+        for handle in list(self.workers.values()):
+            if handle.kill_at is None:
+                _, attempt, cancel = self.store.worker_view(handle.task_id)
+                if cancel and attempt == handle.attempt:
+                    self.signal_cancel(handle.task_id)
+
+    def _resume_interrupted(self) -> None:
+        """`train.auto_resume`: an interrupted task (its service stopped or died, or its lease
+        ran out) is queued again from its last checkpoint, to run on whichever replica is free."""
+        for task in self.store.with_status(INTERRUPTED):
+            folder = checkpoints.latest_checkpoint(run_dir(self.workspace, task.task_id) / "checkpoints")
+            if folder is None and task.resume_from and Path(task.resume_from).is_dir():
+                folder = Path(task.resume_from)
+            where = f"from {folder.name}" if folder else "from the start (no checkpoint yet)"
+            try:
+                if self.store.requeue(task.task_id, resume_from=str(folder) if folder else "",
+                                      message=f"queued again by train.auto_resume, to resume {where}"):
+                    log.info("auto-resume", extra={"task_id": task.task_id, "checkpoint": str(folder or "")})
+            except OutputInUse:
+                continue
 
     def _reap(self, handle: WorkerHandle, code: int) -> None:
         del self.workers[handle.task_id]
@@ -236,6 +293,9 @@ class Scheduler:
         attempt = self.store.claim(task_id)
         if attempt is None:
             return
+        self._start_worker(task_id, attempt)
+
+    def _start_worker(self, task_id: str, attempt: int) -> None:
         task = self.store.get(task_id)
         assert task is not None
         folder = run_dir(self.workspace, task_id)

@@ -44,6 +44,7 @@ class TrainingJobs:
     def __init__(self, config: Config, *, watch_poll_seconds: float | None = None):
         self.config = config
         self.store = open_store(config)
+        self.store.bind_workspace(config.workspace)  # replicas must share one workspace
         self.scheduler = Scheduler(self.store, config)
         self.watch_poll_seconds = float(watch_poll_seconds or config.get("train.watch_poll_seconds", 0.25) or 0.25)
 

@@ -33,7 +33,9 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import typing
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -113,6 +115,8 @@ def merge_state(state: dict[str, Any], values: dict[str, Any] | None = None,
 # TaskRecord (progress in the `state` JSON column). Fields added to TaskRecord later are added
 # to existing tables as columns with their type's default, without a version step.
 SCHEMA_VERSION = 2
+# In a workspace shared by train-service replicas: the id of the job store it belongs to.
+WORKSPACE_MARKER = ".wintrain-job-store"
 
 
 def run_dir(workspace: Path, task_id: str) -> Path:
@@ -156,6 +160,10 @@ class TaskRecord:
     worker_pid: int
     worker_error: str
     last_sequence: int
+    # The train-service replica running it, and until when (epoch seconds) its lease holds
+    # without a heartbeat; 0: no lease (a single service on SQLite).
+    replica_id: str
+    lease_expires: float
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names that are not fields: the progress numbers and metrics.
@@ -249,7 +257,13 @@ class TaskStore(Protocol):
     def create(self, *, task_id: str, strategy: str, dataset_path: str, eval_dataset_path: str,
                output_dir: str, config: dict[str, Any], resolved: dict[str, Any],
                message: str = "queued", resume_from: str = "") -> TaskRecord: ...
-    def claim(self, task_id: str, message: str = "starting the worker") -> int | None: ...
+    def claim(self, task_id: str, message: str = "starting the worker", *, replica_id: str = "",
+              lease_seconds: float = 0.0) -> int | None: ...
+    def claim_next(self, replica_id: str, lease_seconds: float,
+                   message: str = "starting the worker") -> tuple[str, int] | None: ...
+    def renew_leases(self, replica_id: str, lease_seconds: float) -> int: ...
+    def expire_leases(self, reason: str) -> list[TaskRecord]: ...
+    def bind_workspace(self, workspace: Path) -> None: ...
     def set_worker_pid(self, task_id: str, attempt: int, pid: int) -> None: ...
     def report(self, task_id: str, attempt: int, kind: str, *, fields: dict[str, Any] | None = None,
                metrics: dict[str, float] | None = None, message: str | None = None,
@@ -261,7 +275,7 @@ class TaskStore(Protocol):
     def request_cancel(self, task_id: str) -> str: ...
     def worker_view(self, task_id: str) -> tuple[str, int, bool]: ...
     def requeue(self, task_id: str, *, resume_from: str, message: str) -> bool: ...
-    def interrupt_running(self, reason: str) -> list[TaskRecord]: ...
+    def interrupt_running(self, reason: str, replica_id: str | None = None) -> list[TaskRecord]: ...
     def add_event(self, task_id: str, kind: str, message: str, extra: dict[str, Any] | None = None) -> int: ...
     def close(self) -> None: ...
 
@@ -284,6 +298,8 @@ class SqlTaskStore:
     transaction and its SQL dialect (statements here use `?` placeholders)."""
 
     placeholder = "?"
+    shared = False  # True: several services may use this store at once (leases, replicas)
+    _skip_locked = ""  # PostgreSQL: FOR UPDATE SKIP LOCKED
     _seq_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
     _types = {str: "TEXT NOT NULL DEFAULT ''", int: "INTEGER NOT NULL DEFAULT 0",
               float: "REAL NOT NULL DEFAULT 0", bool: "INTEGER NOT NULL DEFAULT 0",
@@ -375,6 +391,30 @@ class SqlTaskStore:
 
     def describe(self) -> str:
         return "storage.job_store"
+
+    def bind_workspace(self, workspace: Path) -> None:
+        """Replicas sharing this store must share one workspace (checkpoints, outputs): the
+        store keeps a workspace id, the workspace a marker file holding it. The first service
+        writes both; a service whose workspace lacks the marker, or holds another id, stops."""
+        marker = Path(workspace) / WORKSPACE_MARKER
+        with self._write() as con:
+            row = self._x(con, "SELECT value FROM meta WHERE key = 'workspace_id'").fetchone()
+            found = marker.read_text(encoding="utf-8").strip() if marker.is_file() else ""
+            if row is None:
+                ident = found or uuid.uuid4().hex
+                self._x(con, "INSERT INTO meta (key, value) VALUES ('workspace_id', ?)", (ident,))
+                if not found:
+                    from services.common.fsutil import atomic_write_text
+
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(marker, ident + "\n")
+                return
+            if found != row["value"]:
+                seen = f"holds {found!r}" if found else "is missing"
+                raise StoreError(
+                    f"storage.workspace: {workspace} is not the shared workspace of the job store "
+                    f"({self.describe()}): its marker {marker.name} {seen}, the store expects {row['value']!r}; "
+                    f"every train service on this store must mount the same workspace")
 
     # -- events ---------------------------------------------------------------------------
     def _task_in(self, con: Any, task_id: str) -> TaskRecord | None:
@@ -496,18 +536,53 @@ class SqlTaskStore:
         assert record is not None
         return record
 
-    def claim(self, task_id: str, message: str = "starting the worker") -> int | None:
-        """pending -> running with a new attempt number (returned); None if not pending."""
+    def _claim_in(self, con: Any, task_id: str, message: str, replica_id: str, lease_seconds: float) -> int | None:
+        lease = time.time() + lease_seconds if lease_seconds > 0 else 0.0
+        cur = self._x(con,
+                      "UPDATE tasks SET status = ?, attempt = attempt + 1, started_at = ?, completed_at = '',"
+                      " cancel_requested = 0, worker_pid = 0, worker_error = '', error_message = '', message = ?,"
+                      " replica_id = ?, lease_expires = ? WHERE task_id = ? AND status = ?",
+                      (RUNNING, now_iso(), message, replica_id, lease, task_id, PENDING))
+        if cur.rowcount == 0:
+            return None
+        self._append_event(con, task_id, EVENT_STATUS, message)
+        return int(self._x(con, "SELECT attempt FROM tasks WHERE task_id = ?", (task_id,)).fetchone()["attempt"])
+
+    def claim(self, task_id: str, message: str = "starting the worker", *, replica_id: str = "",
+              lease_seconds: float = 0.0) -> int | None:
+        """pending -> running with a new attempt number (returned); None if not pending. With
+        `lease_seconds`, `replica_id` holds the task until then unless it renews the lease."""
         with self._write() as con:
-            cur = self._x(con,
-                          "UPDATE tasks SET status = ?, attempt = attempt + 1, started_at = ?, completed_at = '',"
-                          " cancel_requested = 0, worker_pid = 0, worker_error = '', error_message = '', message = ?"
-                          " WHERE task_id = ? AND status = ?",
-                          (RUNNING, now_iso(), message, task_id, PENDING))
-            if cur.rowcount == 0:
+            return self._claim_in(con, task_id, message, replica_id, lease_seconds)
+
+    def claim_next(self, replica_id: str, lease_seconds: float,
+                   message: str = "starting the worker") -> tuple[str, int] | None:
+        """The first pending task in queue order becomes `replica_id`'s, running under a lease:
+        (task_id, attempt), or None when nothing is queued. The row is taken with
+        SELECT … FOR UPDATE SKIP LOCKED on PostgreSQL, so replicas never claim one task twice."""
+        with self._write() as con:
+            row = self._x(con, f"SELECT task_id FROM tasks WHERE status = ? ORDER BY queued_at, seq LIMIT 1"
+                               f"{self._skip_locked}", (PENDING,)).fetchone()
+            if row is None:
                 return None
-            self._append_event(con, task_id, EVENT_STATUS, message)
-            return int(self._x(con, "SELECT attempt FROM tasks WHERE task_id = ?", (task_id,)).fetchone()["attempt"])
+            attempt = self._claim_in(con, row["task_id"], message, replica_id, lease_seconds)
+            return (row["task_id"], attempt) if attempt is not None else None
+
+    def renew_leases(self, replica_id: str, lease_seconds: float) -> int:
+        """The heartbeat: `replica_id`'s running tasks are held `lease_seconds` longer."""
+        with self._write() as con:
+            cur = self._x(con, "UPDATE tasks SET lease_expires = ? WHERE replica_id = ? AND status = ?"
+                               " AND lease_expires > 0", (time.time() + lease_seconds, replica_id, RUNNING))
+            return int(cur.rowcount)
+
+    def expire_leases(self, reason: str) -> list[TaskRecord]:
+        """Running tasks whose lease ran out (their replica died) become `interrupted`, each
+        under its attempt (a late heartbeat or worker write is fenced off). Returns them."""
+        rows = self._x(self._conn(), "SELECT * FROM tasks WHERE status = ? AND lease_expires > 0"
+                                     " AND lease_expires < ?", (RUNNING, time.time())).fetchall()
+        found = [task_from_row(r) for r in rows]
+        return [t for t in found if self.finish(t.task_id, INTERRUPTED, message=reason, error_message=reason,
+                                                attempt=t.attempt)]
 
     def set_worker_pid(self, task_id: str, attempt: int, pid: int) -> None:
         with self._write() as con:
@@ -628,10 +703,15 @@ class SqlTaskStore:
             self._append_event(con, task_id, EVENT_STATUS, message)
         return True
 
-    def interrupt_running(self, reason: str) -> list[TaskRecord]:
+    def interrupt_running(self, reason: str, replica_id: str | None = None) -> list[TaskRecord]:
         """On service start: every task still `running` belongs to a server that died. Mark
-        them `interrupted` and return them as they were (with their worker pids)."""
+        them `interrupted` and return them as they were (with their worker pids). With
+        `replica_id` (replicas sharing the store), only that replica's tasks and those whose
+        lease ran out (or that have none): the others belong to live replicas."""
         found = self.with_status(RUNNING)
+        if replica_id is not None:
+            now = time.time()
+            found = [t for t in found if t.replica_id == replica_id or t.lease_expires < now]  # 0: no lease
         for task in found:
             self.finish(task.task_id, INTERRUPTED, message=reason, error_message=reason,
                         attempt=task.attempt)
@@ -659,6 +739,9 @@ class TrainJobStore(SqlTaskStore):
 
     def describe(self) -> str:
         return f"storage.workspace: {self.path}"
+
+    def bind_workspace(self, workspace: Path) -> None:
+        """Nothing to check: the SQLite store lives in the workspace it belongs to."""
 
     # -- connections ----------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

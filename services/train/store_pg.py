@@ -95,6 +95,8 @@ class PgTaskStore(SqlTaskStore):
               float: "DOUBLE PRECISION NOT NULL DEFAULT 0", bool: "INTEGER NOT NULL DEFAULT 0",
               dict: "TEXT NOT NULL DEFAULT '{}'"}
     _events_suffix = ""
+    _skip_locked = " FOR UPDATE SKIP LOCKED"
+    shared = True
 
     def __init__(self, url: str):
         self.url = url

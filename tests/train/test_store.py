@@ -376,3 +376,46 @@ def test_every_status_word_is_the_protos(tmp_path):
         record = store.get("a")
         record.status = word
         assert task_to_proto(record).status == number
+
+
+def test_leases_claim_each_task_once_and_expire_to_interrupted(where):
+    import time as _time
+
+    one, two = open_at(where), open_at(where)  # two replicas' connections
+    for name in ("t1", "t2", "t3"):
+        make_task(one, name)
+    assert one.claim_next("replica-a", 30) == ("t1", 1)
+    assert two.claim_next("replica-b", 0.5) == ("t2", 1)
+    assert one.claim_next("replica-a", 30) == ("t3", 1)
+    assert two.claim_next("replica-b", 30) is None  # nothing left: never a task twice
+    assert (one.get("t1").replica_id, one.get("t2").replica_id) == ("replica-a", "replica-b")
+    # replica-a beats, replica-b does not: only t2's lease runs out.
+    _time.sleep(0.7)
+    assert one.renew_leases("replica-a", 30) == 2
+    expired = one.expire_leases("lease ran out")
+    assert [t.task_id for t in expired] == ["t2"]
+    assert one.get("t2").status == INTERRUPTED and "lease ran out" in one.get("t2").error_message
+    assert not two.report("t2", 1, "progress", fields={"current_step": 3})  # the dead replica's worker: fenced
+    assert one.get("t1").status == RUNNING and one.expire_leases("x") == []
+    # A replica restarting marks only its own tasks (and expired ones), not a live replica's.
+    assert [t.task_id for t in two.interrupt_running("restart", replica_id="replica-b")] == []
+    assert sorted(t.task_id for t in two.interrupt_running("restart", replica_id="replica-a")) == ["t1", "t3"]
+
+
+def test_a_replica_with_another_workspace_is_refused(where, tmp_path):
+    from services.train.store import WORKSPACE_MARKER, StoreError
+
+    store = open_at(where)
+    shared, other = tmp_path / "shared", tmp_path / "other"
+    store.bind_workspace(shared)
+    if not store.shared:  # SQLite: the store lives in its workspace, nothing to compare
+        assert not (shared / WORKSPACE_MARKER).exists()
+        return
+    assert (shared / WORKSPACE_MARKER).is_file()
+    open_at(where).bind_workspace(shared)  # a second replica on the same volume joins
+    with pytest.raises(StoreError, match=r"storage.workspace: .*other is not the shared workspace.*is missing"):
+        open_at(where).bind_workspace(other)
+    other.mkdir()
+    (other / WORKSPACE_MARKER).write_text("something-else\n")
+    with pytest.raises(StoreError, match="holds 'something-else'"):
+        open_at(where).bind_workspace(other)
