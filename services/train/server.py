@@ -123,5 +123,13 @@ def register(runtime: ServiceRuntime) -> list[str]:
     runtime.train_jobs = jobs  # type: ignore[attr-defined] - tests and shutdown reach it here
     train_pb2_grpc.add_TrainServiceServicer_to_server(TrainServicer(jobs), runtime.server)
     runtime.on_shutdown(jobs.close)
+    # train.webhooks: signed POSTs when a task ends (services/train/webhooks.py).
+    from services.train.webhooks import WebhookDispatcher
+
+    hooks = WebhookDispatcher(jobs.store, runtime.config, lambda task: {
+        **json_format.MessageToDict(task_to_proto(task), preserving_proto_field_name=True),
+        "status": task.status, "strategy": task.strategy})
+    hooks.start()
+    runtime.on_shutdown(hooks.close)
     return [service_full_name(train_pb2, "TrainService")]
 
