@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install protos model run test test-fast lint-protos tools bench demo clean
+.PHONY: install protos model model-train run test test-fast lint-protos tools bench demo clean
 
 install: $(STAMP)
 
@@ -25,9 +25,16 @@ protos: install
 	$(PY) -m tools.protogen
 	$(PY) -m gateway.openapi --write-comments
 
-# Build the embedded tiny model and seed the workspace datasets (skipped when present).
+# Build the embedded tiny model from the committed pre-trained weights and seed the workspace
+# datasets (skipped when present; seconds).
 model: install
 	$(PY) -m tools.tiny_model --workspace $(WORKSPACE)
+
+# Re-train those weights from the bundled corpus (deterministic; minutes on two cores), then
+# rebuild the model folder from them.
+model-train: install
+	$(PY) -m tools.pretrain
+	$(PY) -m tools.tiny_model --workspace $(WORKSPACE) --force
 
 run: install model
 	$(PY) -m services.common.launcher

@@ -1,17 +1,20 @@
-"""The embedded default model: a tiny bilingual chat model built locally, with no download.
+"""The embedded default model: a tiny bilingual chat model, built locally with no download.
 
 `build_tiny_model(folder)` trains a byte-level BPE tokenizer on the bundled corpus
 (``assets/corpus``) with Qwen2's own pre-tokenization, gives it a ChatML chat template whose
 assistant turns are wrapped in ``{% generation %}`` (so assistant-only loss masks work), and
-saves it next to a randomly initialised, few-million-parameter ``Qwen2ForCausalLM`` in
-safetensors. The same seed gives byte-identical files, and a build takes seconds.
+saves it next to a few-million-parameter ``Qwen2ForCausalLM`` in safetensors (float32).
+The weights are the pre-trained ones committed under ``assets/tiny_model/`` (float16, written
+by ``python -m tools.pretrain``, see there); the build only checks their recipe stamp, widens
+them to float32 and saves, so it takes seconds and the same inputs give byte-identical files.
+`build_tiny_model(folder, random_seed=N)` builds the untrained, randomly initialised model.
 
 `ensure_workspace_seed(workspace)` copies the bundled datasets into ``<workspace>/datasets``.
 
 CLI::
 
     python -m tools.tiny_model --workspace var    # var/models/tiny-chat + var/datasets
-    python -m tools.tiny_model --out some/folder [--force]
+    python -m tools.tiny_model --out some/folder [--force] [--random-seed N]
 """
 
 from __future__ import annotations
@@ -66,8 +69,8 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
 )
 
-# Small enough to build in a second and train on two CPU cores, big enough to memorise a
-# handful of question/answer pairs in seconds.
+# Small enough to build in a second and pre-train on two CPU cores in minutes, big enough to
+# memorise the bundled chat set's answers.
 MODEL_CONFIG = dict(
     hidden_size=192,
     intermediate_size=512,
@@ -82,13 +85,15 @@ MODEL_CONFIG = dict(
     initializer_range=0.02,
 )
 
-# Measured on the bundled QA facts: 5.0 lets LoRA r=8 at lr 5e-3 memorise them in ~30 steps
-# (loss ~0.06), where 1.0 stalls at a loss of ~5.
-FINAL_NORM_INIT = 5.0
+# The pre-trained weights (tools/pretrain.py writes them; tied lm_head left out).
+PRETRAINED_DIR = ASSETS_DIR / "tiny_model"
+PRETRAINED_WEIGHTS = PRETRAINED_DIR / "model.fp16.safetensors"
+PRETRAINED_RECIPE = PRETRAINED_DIR / "recipe.json"
 
-# Bump when the recipe changes (corpus, tokenizer, template, config, init): folders built by
-# an older recipe then count as incomplete and are rebuilt on the next run.
-BUILD_VERSION = 1
+# Bump when the build changes (template, config, how weights are made): folders built by an
+# older recipe then count as incomplete and are rebuilt on the next run. The build record
+# also holds the pre-trained weights' recipe stamp, so new weights rebuild the folder too.
+BUILD_VERSION = 2
 BUILD_INFO_FILE = "tiny_model_build.json"
 # Files whose presence makes a model folder complete (it is written atomically, so a folder
 # that has them all is one finished build).
@@ -162,7 +167,7 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE):
 
 def make_model(tokenizer, *, seed: int = 0):
     """A randomly initialised `Qwen2ForCausalLM` for `tokenizer`, its weights a function of
-    `seed` alone."""
+    `seed` alone (the starting point of tools/pretrain.py)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -179,13 +184,6 @@ def make_model(tokenizer, *, seed: int = 0):
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
-    with torch.no_grad():
-        # With tied embeddings the largest logit the model can produce without touching the
-        # embeddings or the final norm is about hidden_size * initializer_range * norm weight.
-        # At the usual weight 1.0 that is ~4, so LoRA (which freezes both) cannot get the
-        # loss below ~5 and its outputs stay nearly uniform. A larger final norm weight
-        # lifts that ceiling without enlarging the input embeddings.
-        model.model.norm.weight.fill_(FINAL_NORM_INIT)
     model.generation_config = GenerationConfig(
         bos_token_id=None, eos_token_id=im_end, pad_token_id=pad, do_sample=False, max_new_tokens=128
     )
@@ -193,40 +191,84 @@ def make_model(tokenizer, *, seed: int = 0):
     return model
 
 
-def _build_info(seed: int) -> dict:
-    return {"builder": "tools.tiny_model", "version": BUILD_VERSION, "seed": seed}
+def pretrained_stamp() -> str | None:
+    """The recipe stamp recorded with the committed weights (None if there are none)."""
+    try:
+        return json.loads(PRETRAINED_RECIPE.read_text(encoding="utf-8"))["stamp"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
-def is_complete(folder: Path, *, seed: int = 0) -> bool:
-    """True when `folder` holds a finished build of the current recipe with `seed`."""
+def _build_info(random_seed: int | None) -> dict:
+    if random_seed is not None:
+        return {"builder": "tools.tiny_model", "version": BUILD_VERSION, "weights": "random", "seed": random_seed}
+    return {"builder": "tools.tiny_model", "version": BUILD_VERSION, "weights": "pretrained",
+            "stamp": pretrained_stamp()}
+
+
+def is_complete(folder: Path, *, random_seed: int | None = None) -> bool:
+    """True when `folder` holds a finished build of the current recipe (the pre-trained
+    weights, or the random init of `random_seed`)."""
     folder = Path(folder)
     if not all((folder / name).is_file() for name in REQUIRED_FILES):
         return False
     try:
-        return json.loads((folder / BUILD_INFO_FILE).read_text(encoding="utf-8")) == _build_info(seed)
+        return json.loads((folder / BUILD_INFO_FILE).read_text(encoding="utf-8")) == _build_info(random_seed)
     except (OSError, ValueError):
         return False
 
 
-def build_tiny_model(output_dir: Path, *, seed: int = 0, force: bool = False) -> Path:
-    """Build the tiny chat model into `output_dir` and return that path.
+class StaleWeights(RuntimeError):
+    """The committed weights were trained on another recipe than the current one."""
 
-    Idempotent: a complete folder (every file, and a build record of this recipe and
-    seed) is left alone unless `force`; anything else at that path is replaced. The build
-    happens in a temporary sibling folder that is renamed into place, so `output_dir` is
-    never seen half-written. Same `seed` -> byte-identical files.
+
+def load_pretrained(model, *, tokenizer=None, check_stamp: bool = True, path: Path = PRETRAINED_WEIGHTS):
+    """Put the committed float16 weights into `model` (as float32). With `check_stamp`, a
+    stamp that is not the current recipe's (tools.pretrain.recipe_stamp) raises StaleWeights."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise StaleWeights(f"no pre-trained weights at {path}: run `make model-train`")
+    if check_stamp:
+        from tools.pretrain import recipe_stamp
+
+        want, have = recipe_stamp(tokenizer), pretrained_stamp()
+        if have != want:
+            raise StaleWeights(
+                f"the weights in {PRETRAINED_WEIGHTS} were trained on another recipe (stamp {have}, the corpus, "
+                f"chat set, tokenizer, config and tools/pretrain.py now give {want}): run `make model-train`")
+    state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise StaleWeights(f"{path} does not fit the model config: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    return model
+
+
+def build_tiny_model(output_dir: Path, *, random_seed: int | None = None, force: bool = False) -> Path:
+    """Build the tiny chat model into `output_dir` and return that path: the pre-trained
+    weights, or with `random_seed` an untrained model initialised from that seed.
+
+    Idempotent: a complete folder (every file, and a build record of this recipe) is left
+    alone unless `force`; anything else at that path is replaced. The build happens in a
+    temporary sibling folder that is renamed into place, so `output_dir` is never seen
+    half-written. Same inputs -> byte-identical files. Raises StaleWeights when the committed
+    weights do not match the current recipe.
     """
     from services.common.fsutil import atomic_directory
 
     output_dir = Path(output_dir)
-    if is_complete(output_dir, seed=seed) and not force:
+    if is_complete(output_dir, random_seed=random_seed) and not force:
         return output_dir
     tokenizer = train_tokenizer()
-    model = make_model(tokenizer, seed=seed)
+    model = make_model(tokenizer, seed=0 if random_seed is None else random_seed)
+    if random_seed is None:
+        load_pretrained(model, tokenizer=tokenizer)
     with atomic_directory(output_dir, overwrite=True) as tmp:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / BUILD_INFO_FILE).write_text(json.dumps(_build_info(seed), indent=2) + "\n", encoding="utf-8")
+        (tmp / BUILD_INFO_FILE).write_text(json.dumps(_build_info(random_seed), indent=2) + "\n", encoding="utf-8")
         _make_readable(tmp)
     return output_dir
 
@@ -274,17 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workspace", type=Path, default=Path("var"), help="workspace to seed (default: var)")
     parser.add_argument("--out", type=Path, help="model folder (default: <workspace>/models/tiny-chat)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-seed", type=int, help="an untrained model, randomly initialised from this seed")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
     parser.add_argument("--no-seed-datasets", action="store_true", help="only build the model")
     args = parser.parse_args(argv)
 
     out = args.out or args.workspace / "models" / MODEL_DIRNAME
-    if is_complete(out, seed=args.seed) and not args.force:
+    if is_complete(out, random_seed=args.random_seed) and not args.force:
         print(f"tiny model already built: {out}")
     else:
         started = time.perf_counter()
-        build_tiny_model(out, seed=args.seed, force=args.force)
+        try:
+            build_tiny_model(out, random_seed=args.random_seed, force=args.force)
+        except StaleWeights as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"built tiny model in {time.perf_counter() - started:.1f}s: {out}")
     if not args.no_seed_datasets:
         copied = ensure_workspace_seed(args.workspace)

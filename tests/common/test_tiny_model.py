@@ -178,7 +178,7 @@ def test_model_loads_from_safetensors_and_generates(tiny_model_dir, loaded_token
 
 
 def test_builds_are_byte_identical_and_seeded(tiny_model_dir, tmp_path):
-    second = build_tiny_model(tmp_path / "again", seed=0)
+    second = build_tiny_model(tmp_path / "again")
     names = sorted(p.name for p in tiny_model_dir.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
     for name in names:
@@ -207,9 +207,10 @@ def test_build_is_idempotent_and_force_rebuilds(tiny_model_dir, tmp_path):
     (copy / "config.json").unlink()  # incomplete folder: rebuilt
     build_tiny_model(copy)
     assert tiny_model.is_complete(copy)
-    assert not tiny_model.is_complete(copy, seed=1)  # another seed asks for other weights
+    assert not tiny_model.is_complete(copy, random_seed=1)  # a random init asks for other weights
     info = copy / tiny_model.BUILD_INFO_FILE
-    info.write_text(info.read_text().replace('"version": 1', '"version": 0'))
+    assert '"version": 2' in info.read_text()
+    info.write_text(info.read_text().replace('"version": 2', '"version": 1'))
     assert not tiny_model.is_complete(copy)  # an older recipe is rebuilt
     build_tiny_model(copy)
     assert tiny_model.is_complete(copy)
@@ -217,6 +218,77 @@ def test_build_is_idempotent_and_force_rebuilds(tiny_model_dir, tmp_path):
     build_tiny_model(copy, force=True)
     assert not (copy / "extra.txt").exists()
     assert sha256(copy / "model.safetensors") == sha256(tiny_model_dir / "model.safetensors")
+
+
+# -- the pre-trained weights ---------------------------------------------------------------
+
+def test_committed_weights_match_the_recipe(trained_tokenizer):
+    """Stale weights fail here: the stamp recorded with the committed weights is the hash of
+    today's recipe (tools/pretrain.py, the chat set, the tokenizer, the model config)."""
+    from tools import pretrain
+
+    assert tiny_model.pretrained_stamp() == pretrain.recipe_stamp(trained_tokenizer), (
+        "the recipe changed since the weights were trained: run `make model-train` and commit "
+        "services/common/assets/tiny_model/")
+
+
+def test_the_stamp_changes_with_each_part_of_the_recipe(trained_tokenizer, monkeypatch, tmp_path):
+    from tools import pretrain
+
+    base = pretrain.recipe_stamp(trained_tokenizer)
+    assert pretrain.recipe_stamp(trained_tokenizer) == base
+    assert pretrain.recipe_stamp(trained_tokenizer, epochs=pretrain.EPOCHS + 1) != base
+    with monkeypatch.context() as patch:
+        changed = tmp_path / "bilingual_chat.jsonl"
+        changed.write_bytes(pretrain.CHAT_DATASET.read_bytes().replace(b"Quellport", b"Quellpart", 1) + b"\n")
+        patch.setattr(pretrain, "CHAT_DATASET", changed)
+        assert pretrain.recipe_stamp(trained_tokenizer) != base
+    with monkeypatch.context() as patch:
+        patch.setitem(tiny_model.MODEL_CONFIG, "intermediate_size", tiny_model.MODEL_CONFIG["intermediate_size"] + 64)
+        assert pretrain.recipe_stamp(trained_tokenizer) != base
+    with monkeypatch.context() as patch:
+        patch.setattr(tiny_model, "CHAT_TEMPLATE", tiny_model.CHAT_TEMPLATE.replace("assistant", "bot"))
+        assert pretrain.recipe_stamp(trained_tokenizer) != base
+    # Another tokenizer (here: fewer merges) is another recipe.
+    assert pretrain.recipe_stamp(tiny_model.train_tokenizer(vocab_size=tiny_model.VOCAB_SIZE - 64)) != base
+
+
+def test_stale_weights_are_refused_with_the_way_out(tmp_path, monkeypatch, capsys):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"stamp": "0" * 64}))
+    monkeypatch.setattr(tiny_model, "PRETRAINED_RECIPE", recipe)
+    with pytest.raises(tiny_model.StaleWeights, match="make model-train"):
+        build_tiny_model(tmp_path / "stale")
+    assert not (tmp_path / "stale").exists()
+    assert tiny_model.main(["--out", str(tmp_path / "stale"), "--no-seed-datasets"]) == 1
+    assert "make model-train" in capsys.readouterr().err
+
+
+def test_model_folder_holds_the_committed_weights(tiny_model_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    built = load_file(str(tiny_model_dir / "model.safetensors"))
+    committed = load_file(str(tiny_model.PRETRAINED_WEIGHTS))
+    assert tiny_model.PRETRAINED_WEIGHTS.stat().st_size < 8_000_000
+    assert set(committed) == set(built) - {"lm_head.weight"}
+    for name, tensor in committed.items():
+        assert tensor.dtype == torch.float16, name
+        assert built[name].dtype == torch.float32 and torch.equal(built[name], tensor.float()), name
+    info = json.loads((tiny_model_dir / tiny_model.BUILD_INFO_FILE).read_text())
+    assert info["weights"] == "pretrained" and info["stamp"] == tiny_model.pretrained_stamp()
+
+
+def test_random_seed_builds_the_untrained_model(tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    out = build_tiny_model(tmp_path / "random", random_seed=3)
+    assert tiny_model.is_complete(out, random_seed=3)
+    assert not tiny_model.is_complete(out) and not tiny_model.is_complete(tiny_model_dir, random_seed=3)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(load_file(str(out / "model.safetensors"))[name],
+                           load_file(str(tiny_model_dir / "model.safetensors"))[name])
 
 
 def test_cli_builds_and_seeds(tiny_model_dir, tmp_path, capsys):
