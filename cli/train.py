@@ -19,7 +19,7 @@ from cli.client import (EXIT_CANCELLED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, E
 from cli.output import Output, fmt_duration, fmt_num, to_dict
 from wintrain.train.v1 import train_pb2
 
-STRATEGIES = {"lora": train_pb2.STRATEGY_LORA, "trl": train_pb2.STRATEGY_TRL}
+STRATEGIES = {"lora": train_pb2.STRATEGY_LORA, "trl": train_pb2.STRATEGY_TRL, "dpo": train_pb2.STRATEGY_DPO}
 TERMINAL = {train_pb2.TASK_STATUS_COMPLETED, train_pb2.TASK_STATUS_FAILED,
             train_pb2.TASK_STATUS_CANCELLED, train_pb2.TASK_STATUS_INTERRUPTED}
 EXIT_BY_STATUS = {
@@ -31,6 +31,22 @@ EXIT_BY_STATUS = {
 STATUS_STYLE = {"pending": "yellow", "running": "cyan", "completed": "green", "failed": "red",
                 "cancelled": "magenta", "interrupted": "magenta"}
 WATCH_RECONNECTS = 20
+
+
+# What a DPO run logs besides its loss (TRL's names), shown by --follow and the summary.
+DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+
+
+def dpo_numbers(metrics) -> str:
+    """`  reward acc 0.75 margin 0.12 (chosen 0.05 rejected -0.07)` when DPO numbers are known."""
+    if "rewards/accuracies" not in metrics:
+        return ""
+    text = f"  reward acc {metrics['rewards/accuracies']:.2f}"
+    if "rewards/margins" in metrics:
+        text += f" margin {fmt_num(metrics['rewards/margins'])}"
+    if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
+        text += f" (chosen {fmt_num(metrics['rewards/chosen'])} rejected {fmt_num(metrics['rewards/rejected'])})"
+    return text
 
 
 def status_word(value: int) -> str:
@@ -309,8 +325,9 @@ class _Display:
             if value:
                 known[name] = value
         known["eta_seconds"] = 0 if event.status in TERMINAL else (event.eta_seconds or known.get("eta_seconds", 0))
-        if "eval_loss" in event.metrics:
-            known["eval_loss"] = event.metrics["eval_loss"]
+        for name in ("eval_loss", *DPO_METRICS):
+            if name in event.metrics:
+                known[name] = event.metrics[name]
         return known
 
     def update(self, event) -> None:
@@ -326,6 +343,7 @@ class _Display:
         numbers = f"loss {loss}  lr {lr}  {tps} tok/s  ETA {eta}"
         if "eval_loss" in known:
             numbers += f"  eval_loss {fmt_num(known['eval_loss'])}"
+        numbers += dpo_numbers(known)
         message = event.message if event.message != self.last_message else ""
         self.last_message = event.message or self.last_message
         if self.progress is not None:
@@ -390,6 +408,7 @@ def watch(clients: Clients, out: Output, task_id: str) -> int:
             summary += f"  final loss {fmt_num(task.loss)}"
         if "eval_loss" in task.metrics:
             summary += f"  eval_loss {fmt_num(task.metrics['eval_loss'])}"
+        summary += dpo_numbers(task.metrics)
         if status == train_pb2.TASK_STATUS_COMPLETED:
             summary += f"  → {task.output_dir}"
         out.print(summary)

@@ -156,12 +156,12 @@ function renderTasks() {
 // ---------------------------------------------------------------------------------------------
 // Loss chart (canvas, drawn by hand)
 
-const chart = { taskId: null, train: [], evals: [], lastSeq: 0, source: null, watching: false, streamDone: false,
+const chart = { taskId: null, train: [], evals: [], margins: [], lastSeq: 0, source: null, watching: false, streamDone: false,
                 retry: null, abort: null, status: "", latest: {} };
 
 function resetChart(taskId) {
   closeWatch();
-  Object.assign(chart, { taskId, train: [], evals: [], lastSeq: 0, streamDone: false, status: "", latest: {} });
+  Object.assign(chart, { taskId, train: [], evals: [], margins: [], lastSeq: 0, streamDone: false, status: "", latest: {} });
   updateChart();
 }
 
@@ -184,6 +184,9 @@ function onTrainingEvent(ev) {
   if (ev.kind === "progress" && ev.loss) addPoint(chart.train, step, Number(ev.loss));
   if (ev.kind === "snapshot" && ev.loss && step > 0 && !chart.train.length) addPoint(chart.train, step, Number(ev.loss));
   if (ev.kind === "eval" && evalLoss !== undefined) addPoint(chart.evals, step, Number(evalLoss));
+  // DPO runs log TRL's rewards/*: the reward margin is drawn beside the losses.
+  const dpo = ev.metrics && ev.metrics["rewards/margins"] !== undefined;
+  if (ev.kind === "progress" && dpo) addPoint(chart.margins, step, Number(ev.metrics["rewards/margins"]));
   chart.status = ev.status || chart.status;
   // A status event carries no numbers: keep showing the last known ones.
   const last = chart.latest;
@@ -191,6 +194,10 @@ function onTrainingEvent(ev) {
     if (ev[k]) last[k] = ev[k];
   }
   if (evalLoss !== undefined) last.eval_loss = evalLoss;
+  if (dpo) {
+    last.reward_margin = ev.metrics["rewards/margins"];
+    last.reward_accuracy = ev.metrics["rewards/accuracies"];
+  }
   if (TERMINAL.has(ev.status)) last.eta_seconds = 0;
   const parts = [
     `<span class="badge status-${ev.status}">${ev.status}</span>`,
@@ -201,6 +208,10 @@ function onTrainingEvent(ev) {
     `ETA ${fmtSeconds(last.eta_seconds)}`,
   ];
   if (last.eval_loss !== undefined) parts.push(`eval_loss ${fmt(last.eval_loss)}`);
+  if (last.reward_margin !== undefined) {
+    parts.push(`reward margin ${fmt(last.reward_margin)}`);
+    if (last.reward_accuracy !== undefined) parts.push(`reward acc ${fmt(last.reward_accuracy, 2)}`);
+  }
   const detail = $("#task-detail");
   detail.innerHTML = parts.join(" · ");
   if (ev.message) detail.append(el("div", { class: ev.status === "failed" ? "error" : "muted", text: ev.message }));
@@ -213,7 +224,10 @@ function updateChart() {
   canvas.dataset.evalPoints = String(chart.evals.length);
   $("#train-count").textContent = `(${chart.train.length})`;
   $("#eval-count").textContent = `(${chart.evals.length})`;
-  drawChart(canvas, chart.train, chart.evals);
+  canvas.dataset.marginPoints = String(chart.margins.length);
+  $("#margin-count").textContent = `(${chart.margins.length})`;
+  $("#margin-legend").hidden = !chart.margins.length;
+  drawChart(canvas, chart.train, chart.evals, chart.margins);
 }
 
 function niceTicks(lo, hi, count) {
@@ -226,7 +240,7 @@ function niceTicks(lo, hi, count) {
   return ticks;
 }
 
-function drawChart(canvas, train, evals) {
+function drawChart(canvas, train, evals, margins = []) {
   const dpr = window.devicePixelRatio || 1;
   const w = canvas.clientWidth || 600, h = canvas.clientHeight || 280;
   if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
@@ -240,7 +254,8 @@ function drawChart(canvas, train, evals) {
   const colTrain = css.getPropertyValue("--train").trim() || "#2563eb";
   const colEval = css.getPropertyValue("--eval").trim() || "#ea580c";
   const pad = { l: 52, r: 14, t: 10, b: 30 };
-  const all = train.concat(evals);
+  const colMargin = css.getPropertyValue("--margin").trim() || "#7c3aed";
+  const all = train.concat(evals, margins);
   ctx.font = "11px system-ui, sans-serif";
   ctx.fillStyle = "#6b7280";
   if (!all.length) {
@@ -285,6 +300,7 @@ function drawChart(canvas, train, evals) {
   };
   drawSeries(train, colTrain, false);
   drawSeries(evals, colEval, true);
+  drawSeries(margins, colMargin, false);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ class TrainingJobs:
         accepted: AcceptedTask = await asyncio.to_thread(check_start_request, request, self.config, self.store)
         task_id = str(uuid.uuid4())
         resume = accepted.resolved["resume_from"]
-        message = f"queued ({accepted.train_samples} training conversations" + (
+        what = "preference pairs" if request.strategy == "dpo" else "training conversations"
+        message = f"queued ({accepted.train_samples} {what}" + (
             f", {accepted.eval_samples} for evaluation)" if accepted.eval_samples else ")")
         if resume:
             message += f"; continues from {Path(resume).name}"

@@ -154,3 +154,13 @@ def test_resumed_lora_dpo_matches_an_uninterrupted_run(stub, datasets_dir, works
 def test_dpo_status_errors_are_never_internal(stub, datasets_dir):
     err = rpc_error(dpo, stub, loss_type="")
     assert err.code().name == "INVALID_ARGUMENT"
+
+
+def test_the_cli_shows_dpo_rewards_beside_the_loss():
+    from cli.train import STRATEGIES, dpo_numbers
+
+    assert STRATEGIES["dpo"] == train_pb2.STRATEGY_DPO
+    line = dpo_numbers({"rewards/accuracies": 0.75, "rewards/margins": 0.125, "rewards/chosen": 0.05,
+                        "rewards/rejected": -0.075})
+    assert line.startswith("  reward acc 0.75 margin 0.125") and "chosen 0.05" in line and "rejected -0.075" in line
+    assert dpo_numbers({"eval_loss": 1.0}) == ""  # an SFT run shows none
