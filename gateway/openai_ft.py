@@ -537,8 +537,7 @@ class OpenAIFineTuning:
                 out.append({**base, "level": "info", "type": "metrics", "data": data, "message": message})
                 continue
             level = "error" if event.status == train_pb2.TASK_STATUS_FAILED else "info"
-            webhook = kind == "unspecified" and event.message.startswith("webhook")
-            if webhook and "failed" in event.message:
+            if kind == "webhook" and "failed" in event.message:
                 level = "warn"
             out.append({**base, "level": level, "type": "message", "data": {"step": event.current_step},
                         "message": event.message or kind})
