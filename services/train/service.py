@@ -17,7 +17,8 @@ from services.train import checkpoints, control
 from services.train.preflight import (AcceptedTask, StartRequest, check_output_dir, check_start_request,
                                       output_in_use)
 from services.train.scheduler import Scheduler
-from services.train.store import CANCELLED, PAUSED, RUNNING, RESUMABLE, EventRecord, OutputInUse, TaskRecord, open_store, run_dir
+from services.train.store import (CANCELLED, PAUSED, RESUMABLE, RUNNING, EventRecord, OutputInUse, TaskRecord,
+                                  open_store, run_dir)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
