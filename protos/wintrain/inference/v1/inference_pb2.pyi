@@ -185,7 +185,7 @@ class BatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[str]] = ..., finish_reasons: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("path", "kind", "base_model_path", "parameters", "memory_bytes", "last_used", "is_default", "device", "dtype")
+    __slots__ = ("path", "kind", "base_model_path", "parameters", "memory_bytes", "last_used", "is_default", "device", "dtype", "adapters")
     PATH_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +195,7 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     path: str
     kind: str
     base_model_path: str
@@ -204,7 +205,8 @@ class ModelInfo(_message.Message):
     is_default: bool
     device: str
     dtype: str
-    def __init__(self, path: _Optional[str] = ..., kind: _Optional[str] = ..., base_model_path: _Optional[str] = ..., parameters: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., last_used: _Optional[str] = ..., is_default: _Optional[bool] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    adapters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[str] = ..., base_model_path: _Optional[str] = ..., parameters: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., last_used: _Optional[str] = ..., is_default: _Optional[bool] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
