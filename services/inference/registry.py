@@ -75,14 +75,16 @@ class SharedBase:
         return sorted(self.names)
 
     def add(self, key: str, source: ModelSource, config: Config):
-        """Add the adapter at `source.adapter_path`; returns (peft model, PEFT name, LoRA bytes)."""
+        """Add the adapter at `source.adapter_path`; returns (peft model, PEFT name, its LoRA
+        bytes, its LoRA parameters)."""
         from peft import PeftModel
 
         with self.lock:
             self._reap_locked()
             self._count += 1
             name = f"adapter{self._count}"
-            before = model_memory_bytes(self.peft if self.peft is not None else self.module)
+            current = self.peft if self.peft is not None else self.module
+            before, before_params = model_memory_bytes(current), count_parameters(current)
             if self.peft is None:
                 peft = PeftModel.from_pretrained(self.module, str(source.adapter_path), adapter_name=name)
                 peft.eval()
@@ -95,7 +97,8 @@ class SharedBase:
             self.peft.to(device)
             self._neutral_layers()
             self.names[key] = name
-            return self.peft, name, model_memory_bytes(self.peft) - before
+            return (self.peft, name, model_memory_bytes(self.peft) - before,
+                    count_parameters(self.peft) - before_params)
 
     def retire(self, key: str, entry: "LoadedModel") -> None:
         """The adapter's entry left the cache: delete its weights once no request holds it."""
@@ -336,7 +339,7 @@ class ModelRegistry:
         base = self.get(base_source)
         if base.shared is None:  # a loader that returned a model this registry did not wrap
             raise FailedPrecondition(f"cannot load adapter {source.path}: its base is not shareable")
-        peft, name, lora_bytes = base.shared.add(key, source, self.config)
+        peft, name, lora_bytes, lora_params = base.shared.add(key, source, self.config)
         tokenizer = base.tokenizer
         if (source.adapter_path / "tokenizer_config.json").is_file():
             from services.common.modeling import load_tokenizer
@@ -344,7 +347,7 @@ class ModelRegistry:
             tokenizer = load_tokenizer(source.adapter_path, self.config)
         entry = describe_model(key, source, peft, tokenizer, is_default)
         entry.adapter_name, entry.shared, entry.memory_bytes = name, base.shared, lora_bytes
-        entry.parameters = entry.parameters - base.parameters
+        entry.parameters = lora_params
         with self._lock:
             # The base entry now serves on the shared PeftModel too ("__base__" rows).
             current = self._entries.get(base.key)

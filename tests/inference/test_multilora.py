@@ -156,7 +156,8 @@ def test_adapters_share_the_base_are_listed_under_it_and_unload_with_it(
         assert not listed[a.path].adapters
         # Memory: the base once, each adapter only its LoRA weights (r=8 on 4 projections).
         assert 0 < a.memory_bytes == b.memory_bytes < base.memory_bytes / 10
-        assert 0 < a.parameters < base.parameters / 10
+        assert 0 < a.parameters == b.parameters < base.parameters / 10
+        assert a.memory_bytes == 4 * a.parameters  # float32 LoRA weights
         shared = {id(e.model) for e in servicer.registry.list()}
         assert len(shared) == 1
         total = sum(e.memory_bytes for e in servicer.registry.list())
