@@ -71,11 +71,19 @@ class PostgresServer:
     def start(self) -> "PostgresServer":
         self._run(self.initdb, "-D", str(self.data), "-A", "trust", "-U", "wintrain", "-E", "UTF8",
                   "--no-instructions")
+        self.resume()
+        return self
+
+    def pause(self) -> None:
+        """Stop the server (its data stays): the database goes away for whoever uses it."""
+        self._run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop", timeout=60)
+
+    def resume(self) -> None:
+        """Start the paused server again, on the same port."""
         options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
                    " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.folder / "server.log"), "-o", options,
                   "-w", "-t", "60", "start")
-        return self
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://wintrain@127.0.0.1:{self.port}/{database}"

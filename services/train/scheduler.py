@@ -24,7 +24,8 @@ from pathlib import Path
 from services.common.metrics import TRAIN_TASKS
 from services.common.config import REPO_ROOT, Config
 from services.train import checkpoints
-from services.train.store import CANCELLED, FAILED, INTERRUPTED, RUNNING, OutputInUse, TaskStore, run_dir
+from services.train.store import (CANCELLED, FAILED, INTERRUPTED, RUNNING, OutputInUse, StoreUnavailable, TaskStore,
+                                  run_dir)
 
 log = logging.getLogger("wintrain.train")
 
@@ -116,6 +117,10 @@ class Scheduler:
         self.shared = bool(getattr(store, "shared", False))
         self.replica_id = str(config.get("train.replica_id") or f"{socket.gethostname()}-{os.getpid()}")
         self._next_beat = 0.0
+        # Told False when the store's database is unreachable, True when it is back
+        # (register() connects it to the service's gRPC health).
+        self.on_store_health = None
+        self._store_ok = True
 
     @property
     def lease_seconds(self) -> float:
@@ -164,10 +169,19 @@ class Scheduler:
 
     async def _run(self) -> None:
         while not self._stopping:
+            ok: bool | None = True
             try:
                 self.tick()
+            except StoreUnavailable as exc:
+                ok = False
+                log.warning("job store unavailable", extra={"error": str(exc)})
             except Exception:  # noqa: BLE001 - one bad tick must not stop scheduling
+                ok = None
                 log.exception("scheduler tick failed")
+            if ok is not None and ok != self._store_ok and not self._stopping:
+                self._store_ok = ok
+                if self.on_store_health is not None:
+                    await self.on_store_health(ok)
             try:
                 await asyncio.wait_for(self._wake.wait(), self.tick_seconds)
             except asyncio.TimeoutError:
@@ -189,7 +203,7 @@ class Scheduler:
         beat = self.shared and now >= self._next_beat
         if beat:  # the heartbeat, also while stopping: its workers are still checkpointing
             self._next_beat = now + self.lease_seconds / 3
-            self.store.renew_leases(self.replica_id, self.lease_seconds)
+            self.store.renew_leases(self.replica_id, self.lease_seconds, list(self.workers))
         if self._stopping:
             return
         self._follow_cancels()

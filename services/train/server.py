@@ -119,6 +119,7 @@ def register(runtime: ServiceRuntime) -> list[str]:
     scheduler (queued tasks run again), and add the servicer."""
     jobs = TrainingJobs(runtime.config)
     jobs.recover()
+    jobs.scheduler.on_store_health = runtime.set_serving  # NOT_SERVING while the database is away
     jobs.start_scheduler()
     runtime.train_jobs = jobs  # type: ignore[attr-defined] - tests and shutdown reach it here
     train_pb2_grpc.add_TrainServiceServicer_to_server(TrainServicer(jobs), runtime.server)

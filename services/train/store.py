@@ -46,6 +46,7 @@ from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 
 import services  # noqa: F401 - makes the generated `wintrain` package importable
 from services.common.config import ConfigError
+from services.common.errors import Unavailable
 from wintrain.api.v1 import options_pb2
 from wintrain.train.v1 import train_pb2
 
@@ -239,6 +240,11 @@ class StoreError(ConfigError):
     """The job store cannot be opened or has an unknown schema (start-up stops)."""
 
 
+class StoreUnavailable(Unavailable):
+    """The job store's database cannot be reached now (UNAVAILABLE; the service turns
+    NOT_SERVING until it is back)."""
+
+
 class TaskStore(Protocol):
     """What the servicer, the scheduler and the worker need of a job store. Every method that
     changes a task is one transaction with the condition it names."""
@@ -261,7 +267,7 @@ class TaskStore(Protocol):
               lease_seconds: float = 0.0) -> int | None: ...
     def claim_next(self, replica_id: str, lease_seconds: float,
                    message: str = "starting the worker") -> tuple[str, int] | None: ...
-    def renew_leases(self, replica_id: str, lease_seconds: float) -> int: ...
+    def renew_leases(self, replica_id: str, lease_seconds: float, task_ids: list[str] | None = None) -> int: ...
     def expire_leases(self, reason: str) -> list[TaskRecord]: ...
     def bind_workspace(self, workspace: Path) -> None: ...
     def set_worker_pid(self, task_id: str, attempt: int, pid: int) -> None: ...
@@ -568,11 +574,16 @@ class SqlTaskStore:
             attempt = self._claim_in(con, row["task_id"], message, replica_id, lease_seconds)
             return (row["task_id"], attempt) if attempt is not None else None
 
-    def renew_leases(self, replica_id: str, lease_seconds: float) -> int:
-        """The heartbeat: `replica_id`'s running tasks are held `lease_seconds` longer."""
+    def renew_leases(self, replica_id: str, lease_seconds: float, task_ids: list[str] | None = None) -> int:
+        """The heartbeat: `replica_id`'s running tasks (those of `task_ids`, when given: the
+        ones it has a worker for) are held `lease_seconds` longer."""
+        if task_ids is not None and not task_ids:
+            return 0
+        only = f" AND task_id IN ({','.join('?' for _ in task_ids)})" if task_ids else ""
         with self._write() as con:
             cur = self._x(con, "UPDATE tasks SET lease_expires = ? WHERE replica_id = ? AND status = ?"
-                               " AND lease_expires > 0", (time.time() + lease_seconds, replica_id, RUNNING))
+                               f" AND lease_expires > 0{only}",
+                          (time.time() + lease_seconds, replica_id, RUNNING, *(task_ids or ())))
             return int(cur.rowcount)
 
     def expire_leases(self, reason: str) -> list[TaskRecord]:

@@ -25,7 +25,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from services.train.store import SqlTaskStore, StoreError
+from services.train.store import SqlTaskStore, StoreError, StoreUnavailable
 
 CHANNEL = "wintrain_task_events"
 # Key of the advisory lock that makes writers take turns (any constant unique to this store).
@@ -110,9 +110,8 @@ class PgTaskStore(SqlTaskStore):
                 for statement in self.schema_statements():
                     con.execute(statement)
                 self._prepare_schema(con)
-        except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"storage.job_store: cannot reach PostgreSQL at {self.where}: {reason}") from exc
+        except StoreUnavailable as exc:
+            raise StoreError(f"storage.job_store: cannot reach PostgreSQL at {self.where}: {exc.reason}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"storage.job_store: PostgreSQL at {self.where}: {exc}") from exc
 
@@ -120,12 +119,21 @@ class PgTaskStore(SqlTaskStore):
         return f"storage.job_store: PostgreSQL at {self.where}"
 
     # -- connections ----------------------------------------------------------------------
+    def _down(self, exc: psycopg.OperationalError) -> StoreUnavailable:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        down = StoreUnavailable(f"storage.job_store: PostgreSQL at {self.where} is unreachable: {reason}")
+        down.reason = reason
+        return down
+
     def _conn(self) -> psycopg.Connection:
         con = getattr(self._local, "con", None)
-        if con is not None and self._local.pid == os.getpid() and not con.closed:
+        if con is not None and self._local.pid == os.getpid() and not con.closed and not con.broken:
             return con
-        con = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
-                              connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        try:
+            con = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+                                  connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        except psycopg.OperationalError as exc:
+            raise self._down(exc) from exc
         self._local.con, self._local.pid = con, os.getpid()
         with self._lock:
             self._all.append(con)
@@ -134,9 +142,18 @@ class PgTaskStore(SqlTaskStore):
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection]:
         con = self._conn()
-        with con.transaction():
-            con.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
-            yield con
+        try:
+            with con.transaction():
+                con.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+                yield con
+        except psycopg.OperationalError as exc:  # the database went away (a broken connection)
+            raise self._down(exc) from exc
+
+    def _x(self, con: Any, sql: str, args: tuple | list = ()) -> Any:
+        try:
+            return super()._x(con, sql, args)
+        except psycopg.OperationalError as exc:
+            raise self._down(exc) from exc
 
     def _existing_columns(self, con: psycopg.Connection) -> set[str]:
         rows = con.execute("SELECT column_name FROM information_schema.columns"

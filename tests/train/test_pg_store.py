@@ -100,3 +100,37 @@ def test_a_job_store_that_is_neither_sqlite_nor_postgresql_is_a_config_error(val
     config = make_config(workspace, tiny_model_dir, **{"storage.job_store": value})
     with pytest.raises(ConfigError, match="storage.job_store"):
         open_store(config)
+
+
+def test_losing_the_database_turns_the_service_not_serving_and_back(workspace, tiny_model_dir, datasets_dir,
+                                                                     postgres):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.support import wait_until
+    from tests.train.conftest import get, rpc_error, start
+
+    config = make_config(workspace, tiny_model_dir,
+                         **train_overrides(**{"storage.job_store": postgres.new_database_url()}))
+    with InProcessServer(config, "train", register) as server:
+        stub = train_pb2_grpc.TrainServiceStub(server.channel())
+        health = health_pb2_grpc.HealthStub(server.channel())
+
+        def status():
+            return health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+        task_id = start(stub, output="out/kept", max_steps=3, **SMALL).task_id
+        stub.CancelTraining(train_pb2.CancelTrainingRequest(task_id=task_id), timeout=10)
+        wait_terminal(stub, task_id)
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        postgres.pause()
+        try:
+            assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, 30, 0.2)
+            err = rpc_error(get, stub, task_id)
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            assert "storage.job_store" in err.details() and "unreachable" in err.details()
+        finally:
+            postgres.resume()
+        assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, 60, 0.2)
+        kept = get(stub, task_id)  # nothing lost
+        assert kept.task_id == task_id and kept.status == train_pb2.TASK_STATUS_CANCELLED
