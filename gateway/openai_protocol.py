@@ -6,7 +6,7 @@ request mapping in `gateway.openai_compat` reads its pass-through fields from th
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -244,6 +244,213 @@ class ErrorResponse(BaseModel):
 MODELS = (ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, ModelCard, ModelList, ErrorResponse)
 
 
+# -- Files and fine-tuning jobs (gateway.openai_files, gateway.openai_ft): the shapes of
+# /v1/files and /v1/fine_tuning/jobs, with the bounds their handlers enforce.
+
+FILE_PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "user_data", "vision", "evals")
+UPLOAD_PURPOSES = tuple(p for p in FILE_PURPOSES if p != "fine-tune-results")
+JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused")
+
+
+class FileUploadRequest(BaseModel):
+    """multipart/form-data parts of POST /v1/files."""
+    file: bytes = Field(description="The file. A `fine-tune` file is JSONL, every line a chat row "
+                                    "(`messages`) or a preference row (`input`, `preferred_output`, "
+                                    "`non_preferred_output`); at most `api.max_upload_bytes` (else 413).")
+    purpose: Literal[UPLOAD_PURPOSES] = Field(description="`fine-tune` for fine-tuning data.")  # type: ignore[valid-type]
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"]
+    bytes: int = Field(ge=0)
+    created_at: int
+    filename: str
+    purpose: Literal[FILE_PURPOSES]  # type: ignore[valid-type]
+    status: Literal["uploaded", "processed", "error"]
+    expires_at: Optional[int] = None
+    status_details: Optional[str] = None
+
+
+class _Page(BaseModel):
+    object: Literal["list"]
+    has_more: bool
+    first_id: Optional[str] = Field(None, description="Absent on an empty page.")
+    last_id: Optional[str] = Field(None, description="Absent on an empty page.")
+
+
+class FileList(_Page):
+    data: list[FileObject]
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"]
+    deleted: bool
+
+
+_AUTO = Literal["auto"]
+
+
+class SupervisedHyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_size: Union[_AUTO, Annotated[int, Field(ge=1, le=256)]] = Field(
+        "auto", description="`auto`: clamp(rows // 32, 1, 8).")
+    learning_rate_multiplier: Union[_AUTO, Annotated[float, Field(gt=0, le=10)]] = Field(
+        "auto", description="x 2e-4 (LoRA) or 2e-5 (full); `auto`: 1.")
+    n_epochs: Union[_AUTO, Annotated[int, Field(ge=1, le=50)]] = Field(
+        "auto", description="`auto`: clamp(ceil(300 / rows), 3, 10).")
+
+
+class DpoHyperparameters(SupervisedHyperparameters):
+    beta: Union[_AUTO, Annotated[float, Field(gt=0, le=10)]] = Field("auto", description="`auto`: 0.1.")
+
+
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: Optional[SupervisedHyperparameters] = None
+
+
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: Optional[DpoHyperparameters] = None
+
+
+class FineTuneMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised", "dpo"] = Field(description="`reinforcement` is refused (400, param `method.type`).")
+    supervised: Optional[SupervisedMethod] = None
+    dpo: Optional[DpoMethod] = None
+
+
+class WintrainJobOptions(BaseModel):
+    """Extension: any TrainingConfig setting by name (max_steps, save_steps, eval_steps, max_length,
+    save_total_limit, ...) except those the OpenAI fields set (batch size, epochs, learning rate,
+    seed, beta, model)."""
+    model_config = ConfigDict(extra="allow")
+    strategy: Literal["lora", "full"] = Field("lora", description="`full`: a full fine-tune.")
+    lora: Optional[dict[str, Any]] = Field(None, description="LoraConfig settings (r, lora_alpha, lora_dropout, "
+                                                             "target_modules, bias); strategy lora only.")
+
+
+class FineTuningJobCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, description="The base model (`default` or a model path); not an `ft:` id.")
+    training_file: str = Field(min_length=1, description="A `fine-tune` file id from POST /v1/files.")
+    validation_file: Optional[str] = Field(None, description="A `fine-tune` file id, not the training file.")
+    suffix: Optional[str] = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    seed: Optional[int] = Field(None, ge=0, le=INT32_MAX, description="Default 42.")
+    metadata: Optional[dict[str, str]] = Field(None, max_length=16,
+                                               description="At most 16 pairs; keys <= 64, values <= 512 characters.")
+    method: Optional[FineTuneMethod] = None
+    hyperparameters: Optional[SupervisedHyperparameters] = Field(
+        None, description="Deprecated (supervised only): prefer method.supervised.hyperparameters.")
+    integrations: Optional[list[Any]] = Field(None, max_length=0, description="None are available (only `[]`).")
+    wintrain: Optional[WintrainJobOptions] = None
+
+
+class JobError(BaseModel):
+    code: str = Field(description="invalid_training_file, invalid_validation_file, training_failed, interrupted.")
+    message: str
+    param: Optional[str] = None
+
+
+class JobHyperparameters(BaseModel):
+    """The resolved values (`auto` replaced)."""
+    batch_size: Union[_AUTO, int]
+    learning_rate_multiplier: Union[_AUTO, float]
+    n_epochs: Union[_AUTO, int]
+
+
+class JobMethodHyperparameters(JobHyperparameters):
+    beta: Optional[Union[_AUTO, float]] = Field(None, description="dpo only.")
+
+
+class JobMethodSettings(BaseModel):
+    hyperparameters: JobMethodHyperparameters
+
+
+class JobMethod(BaseModel):
+    type: Literal["supervised", "dpo"]
+    supervised: Optional[JobMethodSettings] = None
+    dpo: Optional[JobMethodSettings] = None
+
+
+class JobProgress(BaseModel):
+    """Extension: the training task behind the job."""
+    task_id: Optional[str] = Field(description="In /api/train/tasks; null when validation failed.")
+    progress: float = Field(ge=0, le=100)
+    current_step: int = Field(ge=0)
+    total_steps: int = Field(ge=0)
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"]
+    created_at: int
+    finished_at: Optional[int]
+    estimated_finish: Optional[int]
+    error: Optional[JobError]
+    fine_tuned_model: Optional[str] = Field(description="`ft:<model>[:<suffix>]:<job id>` once succeeded.")
+    hyperparameters: JobHyperparameters
+    method: JobMethod
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: Literal[JOB_STATUSES]  # type: ignore[valid-type]
+    trained_tokens: Optional[int]
+    training_file: str
+    validation_file: Optional[str]
+    integrations: list[Any]
+    metadata: Optional[dict[str, str]]
+    suffix: Optional[str]
+    wintrain: JobProgress
+
+
+class FineTuningJobList(_Page):
+    data: list[FineTuningJob]
+
+
+class FineTuningJobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"]
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] = Field(description="`metrics`: step, total_steps, train_loss, ...; else {step}.")
+
+
+class FineTuningJobEventList(_Page):
+    data: list[FineTuningJobEvent]
+
+
+class CheckpointExtension(BaseModel):
+    path: str = Field(description="Usable as model_path (inference, eval, export) and ResumeTraining.checkpoint.")
+    size_bytes: int = Field(ge=0)
+    best: bool
+
+
+class FineTuningJobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"]
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int = Field(ge=0)
+    metrics: dict[str, float]
+    wintrain: CheckpointExtension
+
+
+class FineTuningJobCheckpointList(_Page):
+    data: list[FineTuningJobCheckpoint]
+
+
+FT_MODELS = (FileUploadRequest, FileObject, FileList, FileDeleted, FineTuningJobCreateRequest, FineTuningJob,
+             FineTuningJobList, FineTuningJobEventList, FineTuningJobCheckpointList)
+
+
 # A union member's tag in a pydantic error location (`str`, `list[ContentPart]`,
 # `NamedToolChoice`, `literal['none','auto','required']`...): not a field of the request.
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
@@ -322,7 +529,7 @@ def _to_openapi_30(node: Any) -> Any:
 def openapi_schemas() -> dict[str, dict]:
     """Component schemas of every model (and the models they use), OpenAPI 3.0 style."""
     out: dict[str, dict] = {}
-    for model in MODELS:
+    for model in (*MODELS, *FT_MODELS):
         schema = model.model_json_schema(ref_template=REF + "{model}")
         for name, sub in schema.pop("$defs", {}).items():
             out[name] = _to_openapi_30(sub)
@@ -369,4 +576,86 @@ def openapi_paths() -> dict:
             "responses": {"200": {"description": "The model.", "content": _json("ModelCard")},
                           "default": error},
         }},
+        **files_and_fine_tuning_paths(),
+    }
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _after(what: str) -> dict:
+    return _query("after", {"type": "string"}, f"The id of the last {what} of the previous page.")
+
+
+def _limit(default: int, maximum: int) -> dict:
+    return _query("limit", {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+                  "Page size.")
+
+
+def _path_id(name: str, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+def files_and_fine_tuning_paths() -> dict:
+    """/v1/files and /v1/fine_tuning/jobs (gateway.openai_files, gateway.openai_ft)."""
+    error = {"description": "`{\"error\": {message, type, param, code}}` (400 naming `param`, 404, 409 on a "
+                            "state conflict, 413 beyond api.max_upload_bytes).", "content": _json("ErrorResponse")}
+    file_id = _path_id("file_id", "A file id (`file-...`).")
+    job_id = _path_id("job_id", "A job id (`ftjob-<task id>`).")
+
+    def op(op_id: str, summary: str, ok: str, schema: str, parameters=(), body: dict | None = None,
+           tag: str = "OpenAI fine-tuning") -> dict:
+        out = {"tags": [tag], "operationId": op_id, "summary": summary,
+               "responses": {"200": {"description": ok, "content": _json(schema)}, "default": error}}
+        if parameters:
+            out["parameters"] = list(parameters)
+        if body is not None:
+            out["requestBody"] = body
+        return out
+
+    jobs = "/v1/fine_tuning/jobs"
+    control = [job_id]
+    return {
+        "/v1/files": {
+            "post": op("openai_files_create", "Upload a file (multipart/form-data)", "The file object.", "FileObject",
+                       body={"required": True, "content": {"multipart/form-data": {
+                           "schema": {"$ref": REF + "FileUploadRequest"}}}}),
+            "get": op("openai_files_list", "List files", "Newest first unless `order=asc`.", "FileList", [
+                _query("purpose", {"type": "string", "enum": list(FILE_PURPOSES)}, "Only files of this purpose."),
+                _after("file"), _limit(10000, 10000),
+                _query("order", {"type": "string", "enum": ["asc", "desc"], "default": "desc"}, "By creation.")]),
+        },
+        "/v1/files/{file_id}": {
+            "get": op("openai_files_get", "One file object", "The file object.", "FileObject", [file_id]),
+            "delete": op("openai_files_delete", "Delete a file", "Deleted.", "FileDeleted", [file_id]),
+        },
+        "/v1/files/{file_id}/content": {"get": {
+            "tags": ["OpenAI fine-tuning"], "operationId": "openai_files_content", "summary": "A file's bytes",
+            "parameters": [file_id],
+            "responses": {"200": {"description": "The bytes as uploaded (a result file is CSV).", "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "text/csv": {"schema": {"type": "string"}}}}, "default": error}}},
+        jobs: {
+            "post": op("openai_ft_create", "Create a fine-tuning job (TrainService.StartTraining)",
+                       "The job (`failed` at once, with `error`, when a file fails validation).", "FineTuningJob",
+                       body={"required": True, "content": _json("FineTuningJobCreateRequest")}),
+            "get": op("openai_ft_list", "List fine-tuning jobs", "Newest first.", "FineTuningJobList", [
+                _after("job"), _limit(20, 100),
+                {"name": "metadata", "in": "query", "required": False, "style": "deepObject", "explode": True,
+                 "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                 "description": "`metadata[k]=v`: only jobs whose metadata has these pairs."}]),
+        },
+        jobs + "/{job_id}": {"get": op("openai_ft_get", "One fine-tuning job", "The job.", "FineTuningJob", [job_id])},
+        jobs + "/{job_id}/cancel": {"post": op("openai_ft_cancel", "Cancel a job (409 when it has ended)",
+                                               "The job.", "FineTuningJob", control)},
+        jobs + "/{job_id}/pause": {"post": op("openai_ft_pause", "Pause a running job (checkpoint, then stop)",
+                                              "The job.", "FineTuningJob", control)},
+        jobs + "/{job_id}/resume": {"post": op("openai_ft_resume", "Resume a paused or interrupted job",
+                                               "The job.", "FineTuningJob", control)},
+        jobs + "/{job_id}/events": {"get": op("openai_ft_events", "A job's events", "Newest first.",
+                                              "FineTuningJobEventList", [job_id, _after("event"), _limit(20, 1000)])},
+        jobs + "/{job_id}/checkpoints": {"get": op(
+            "openai_ft_checkpoints", "A job's checkpoints", "Newest first.", "FineTuningJobCheckpointList",
+            [job_id, _after("checkpoint"), _limit(10, 100)])},
     }
