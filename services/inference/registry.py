@@ -65,7 +65,10 @@ class SharedBase:
         self.module = module
         self.peft = None
         self.lock = threading.RLock()
-        self.names: dict[str, str] = {}  # adapter key -> PEFT adapter name (loaded entries)
+        # adapter key -> PEFT adapter name (loaded entries); replaced, never mutated, so that
+        # ListModels may read it while an adapter is added or removed
+        self.names: dict[str, str] = {}
+        self._names_lock = threading.Lock()
         self._retired: list[str] = []  # PEFT names unloaded, to delete once unused
         self._unused: list[str] = []  # retired names no request holds any more (appended by finalizers)
         self._count = 0
@@ -91,20 +94,31 @@ class SharedBase:
                 _serialize_forward(peft, self.lock)
                 self.peft = peft
             else:
-                self.peft.load_adapter(str(source.adapter_path), adapter_name=name)
+                try:
+                    self.peft.load_adapter(str(source.adapter_path), adapter_name=name)
+                except BaseException:
+                    if name in self.peft.peft_config:  # injected, its weights refused: take it out again
+                        self.peft.delete_adapter(name)
+                        self.peft.set_adapter(sorted(self.names.values())[0])
+                    self._neutral_layers()
+                    raise
                 self.peft.eval()
             device = next(self.module.parameters()).device
             self.peft.to(device)
             self._neutral_layers()
-            self.names[key] = name
+            with self._names_lock:
+                self.names = {**self.names, key: name}
             return (self.peft, name, model_memory_bytes(self.peft) - before,
                     count_parameters(self.peft) - before_params)
 
     def retire(self, key: str, entry: "LoadedModel") -> None:
         """The adapter's entry left the cache: delete its weights once no request holds it."""
-        name = self.names.pop(key, None)
-        if name is None:
-            return
+        with self._names_lock:
+            names = dict(self.names)
+            name = names.pop(key, None)
+            if name is None:
+                return
+            self.names = names
         self._retired.append(name)
         weakref.finalize(entry, self._unused.append, name)
 

@@ -239,3 +239,34 @@ def test_an_adapter_loads_while_other_requests_generate(adapters, noisy_model_di
         # The base answers as before now that it is shared, and the adapters as themselves.
         assert stub.Chat(chat("tell me a story about a cat", **long), timeout=120).content == alone
         assert stub.Chat(chat("hi", model_path=str(paths["b"]), **GREEDY), timeout=60).content.startswith("bananas")
+
+
+@pytest.mark.slow
+def test_an_adapter_that_does_not_fit_its_base_is_refused_and_the_others_go_on(
+        adapters, noisy_model_dir, tmp_path_factory):
+    import shutil
+
+    root, paths = adapters
+    bad = root / "bad-rank"
+    if not bad.exists():
+        shutil.copytree(paths["b"], bad)
+        cfg_path = bad / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["r"] = 4  # the saved weights are rank 8: they do not fit
+        cfg_path.write_text(json.dumps(cfg))
+    cfg = _config(tmp_path_factory, noisy_model_dir, root)
+    with inference_server(cfg) as (_server, stub, servicer):
+        stub.LoadModel(pb.LoadModelRequest(model_path=str(paths["a"])), timeout=120)
+        base_answer = stub.Chat(chat("hi", **GREEDY), timeout=60).content
+        a_answer = stub.Chat(chat("hi", model_path=str(paths["a"]), **GREEDY), timeout=60).content
+        with pytest.raises(grpc.RpcError) as err:
+            stub.LoadModel(pb.LoadModelRequest(model_path=str(bad)), timeout=120)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert str(bad) in err.value.details()
+        base_path = str(noisy_model_dir.resolve())
+        assert list(_listed(stub)[base_path].adapters) == [str(paths["a"].resolve())]
+        assert stub.Chat(chat("hi", **GREEDY), timeout=60).content == base_answer
+        assert stub.Chat(chat("hi", model_path=str(paths["a"]), **GREEDY), timeout=60).content == a_answer
+        # A good adapter still loads after the refused one.
+        stub.LoadModel(pb.LoadModelRequest(model_path=str(paths["b"])), timeout=120)
+        assert stub.Chat(chat("hi", model_path=str(paths["b"]), **GREEDY), timeout=60).content.startswith("bananas")
