@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from services.common.metrics import TRAIN_TASKS
 from services.common.config import REPO_ROOT, Config
@@ -33,6 +34,15 @@ WORKER_MODULE = "services.train.worker"
 TAIL_LINES = 25
 # Config sections never written into a task folder (secrets).
 _PRIVATE_SECTIONS = ("auth", "tls")
+JOB_STORE_ENV = "WINTRAIN__STORAGE__JOB_STORE"  # the worker's job store, password included
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host))
 
 
 @dataclass
@@ -297,6 +307,12 @@ class Scheduler:
         data = self.config.as_dict()
         for section in _PRIVATE_SECTIONS:
             data.pop(section, None)
+        # A PostgreSQL URL may carry a password: the file in the shared workspace gets the URL
+        # without it; the worker gets the whole URL through its environment (JOB_STORE_ENV). A
+        # node started by hand from the logged command uses PGPASSWORD or ~/.pgpass instead.
+        storage = data.get("storage", {})
+        if storage.get("job_store"):
+            storage["job_store"] = _without_password(str(storage["job_store"]))
         path = folder / "service_config.json"
         from services.common.fsutil import atomic_write_text
 
@@ -323,6 +339,7 @@ class Scheduler:
             env["PYTHONUNBUFFERED"] = "1"
             env["WINTRAIN_WORKER_PARENT_PID"] = str(os.getpid())
             env["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+            env[JOB_STORE_ENV] = str(self.config.get("storage.job_store") or "sqlite")
             env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
             threads = self.config.get("train.worker_threads") or self.config.get("model.torch_threads")
             if threads:

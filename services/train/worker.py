@@ -56,7 +56,9 @@ def load_worker_config(path: str | None):
     if not path:
         return load_config()
     saved = json.loads(Path(path).read_text(encoding="utf-8"))
-    return Config(saved["data"], Path(saved["base_dir"]))
+    config = Config(saved["data"], Path(saved["base_dir"]))
+    job_store = os.environ.get("WINTRAIN__STORAGE__JOB_STORE")  # set by the scheduler, never on disk
+    return config.with_overrides({"storage.job_store": job_store}) if job_store else config
 
 
 def main(argv: list[str] | None = None) -> int:
