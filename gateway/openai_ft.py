@@ -53,20 +53,18 @@ from starlette.routing import Route
 from gateway.errors import GatewayError
 from gateway.openai_files import (FileStore, atomic_write, invalid, limit_of, not_found, openai_error, openai_json,
                                   openai_words, page)
+from gateway.openai_protocol import RequestInvalid, parse_job_create
 from gateway.transcoder import Transcoder, parse_json_object, read_body, request_id_of
 from wintrain.train.v1 import train_pb2
 
 TRAIN = "wintrain.train.v1.TrainService"
 JOB_PREFIX = "ftjob-"
 JOB_ID = re.compile(r"^ftjob-[0-9a-f-]{1,64}$")
-SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 STATUS = {"pending": "queued", "running": "running", "completed": "succeeded", "failed": "failed",
           "cancelled": "cancelled", "interrupted": "failed", "paused": "paused"}
 BASE_LR = {"lora": 2e-4, "full": 2e-5}
 HP_KEYS = {"supervised": ("batch_size", "learning_rate_multiplier", "n_epochs"),
            "dpo": ("batch_size", "learning_rate_multiplier", "n_epochs", "beta")}
-TOP_KEYS = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "method", "hyperparameters",
-            "integrations", "wintrain"}
 # TrainingConfig settings the OpenAI fields own (set them there, not in `wintrain`).
 OWNED = {"per_device_train_batch_size": "batch_size", "num_train_epochs": "n_epochs",
          "learning_rate": "learning_rate_multiplier", "seed": "seed", "beta": "beta", "lora_config": "wintrain.lora",
@@ -88,39 +86,6 @@ def _status_word(task: train_pb2.TrainingTask) -> str:
 
 def conflict(message: str) -> GatewayError:
     return GatewayError("FAILED_PRECONDITION", message, [("fine_tuning_job_id", message)])
-
-
-def _number(value: Any, param: str, *, integer: bool, low: float, high: float, low_open: bool = False):
-    if value == "auto":
-        return "auto"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        kind = "an integer" if integer else "a number"
-        raise invalid(param, f"must be {kind} or \"auto\", got {json.dumps(value)}")
-    if not math.isfinite(value) or (value <= low if low_open else value < low) or value > high:
-        bound = f"> {low:g}" if low_open else f">= {low:g}"
-        raise invalid(param, f"must be {bound} and <= {high:g}, got {value}")
-    return int(value) if integer else float(value)
-
-
-def check_hyperparameters(raw: Any, kind: str, param: str) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise invalid(param, "must be an object")
-    unknown = sorted(set(raw) - set(HP_KEYS[kind]))
-    if unknown:
-        raise invalid(f"{param}.{unknown[0]}", f"is not a {kind} hyperparameter (known: {', '.join(HP_KEYS[kind])})")
-    out: dict[str, Any] = {}
-    if "n_epochs" in raw:
-        out["n_epochs"] = _number(raw["n_epochs"], f"{param}.n_epochs", integer=True, low=1, high=50)
-    if "batch_size" in raw:
-        out["batch_size"] = _number(raw["batch_size"], f"{param}.batch_size", integer=True, low=1, high=256)
-    if "learning_rate_multiplier" in raw:
-        out["learning_rate_multiplier"] = _number(raw["learning_rate_multiplier"], f"{param}.learning_rate_multiplier",
-                                                  integer=False, low=0, high=10, low_open=True)
-    if "beta" in raw:
-        out["beta"] = _number(raw["beta"], f"{param}.beta", integer=False, low=0, high=10, low_open=True)
-    return out
 
 
 def resolve_auto(hp: dict[str, Any], kind: str, rows: int) -> dict[str, Any]:
@@ -303,69 +268,48 @@ class OpenAIFineTuning:
         return kind, config, lora
 
     def parse_create(self, body: dict) -> dict:
-        unknown = sorted(set(body) - TOP_KEYS)
-        if unknown:
-            raise invalid(unknown[0], "is not a fine-tuning job parameter")
-        model = body.get("model")
-        if not isinstance(model, str) or not model.strip():
+        # Types, bounds, unknown fields: the declared request model (gateway.openai_protocol,
+        # also the OpenAPI schema); what needs the stores or the service is checked here.
+        try:
+            req = parse_job_create(body)
+        except RequestInvalid as exc:
+            raise GatewayError.invalid(exc.violations) from None
+        model = req.model
+        if not model.strip():
             raise invalid("model", "is required: the base model to fine-tune")
         if model.startswith("ft:"):
             raise invalid("model", "fine-tuning a fine-tuned model is not supported; name a base model")
-        training = self._file_param(body.get("training_file"), "training_file")
+        training = self._file_param(req.training_file, "training_file")
         validation = None
-        if body.get("validation_file") is not None:
-            validation = self._file_param(body["validation_file"], "validation_file")
+        if req.validation_file is not None:
+            validation = self._file_param(req.validation_file, "validation_file")
             if validation["id"] == training["id"]:
                 raise invalid("validation_file", "must not be the training file")
-        suffix = body.get("suffix")
-        if suffix is not None:
-            if not isinstance(suffix, str) or not SUFFIX.match(suffix):
-                raise invalid("suffix", "must be 1 to 64 characters of letters, digits, '.', '_' and '-'"
-                              + (f" (got {len(suffix)} characters)" if isinstance(suffix, str) else ""))
-        seed = body.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1):
-            raise invalid("seed", f"must be an integer from 0 to {2**31 - 1}, got {json.dumps(seed)}")
-        metadata = body.get("metadata")
-        if metadata is not None:
-            if not isinstance(metadata, dict):
-                raise invalid("metadata", "must be an object of string pairs")
-            if len(metadata) > 16:
-                raise invalid("metadata", f"has {len(metadata)} pairs; at most 16")
-            for key, value in metadata.items():
-                if len(key) > 64:
-                    raise invalid(f"metadata.{key[:20]}", "keys are at most 64 characters")
-                if not isinstance(value, str) or len(value) > 512:
-                    raise invalid(f"metadata.{key}", "values are strings of at most 512 characters")
-        integrations = body.get("integrations")
-        if integrations not in (None, []):
-            raise invalid("integrations", "no integrations are available on this server (wandb is not)")
-        method = body.get("method")
-        legacy = body.get("hyperparameters")
-        if method is None:
-            kind = "supervised"
-            hp = check_hyperparameters(legacy, kind, "hyperparameters")
+        for key in req.metadata or {}:
+            if len(key) > 64:
+                raise invalid(f"metadata.{key[:20]}", "keys are at most 64 characters")
+
+        def given(hp) -> dict[str, Any]:
+            return hp.model_dump(exclude_unset=True) if hp is not None else {}
+
+        legacy = req.hyperparameters
+        if req.method is None:
+            kind, hp = "supervised", given(legacy)
         else:
-            if not isinstance(method, dict):
-                raise invalid("method", "must be an object {type, <type>: {hyperparameters}}")
-            kind = method.get("type")
-            if kind == "reinforcement":
-                raise invalid("method.type", "reinforcement fine-tuning is not available; use supervised or dpo")
-            if kind not in ("supervised", "dpo"):
-                raise invalid("method.type", f"must be supervised or dpo, got {json.dumps(kind)}")
+            kind = req.method.type
             if kind == "dpo" and not hasattr(train_pb2, "STRATEGY_DPO"):
                 raise invalid("method.type", "dpo needs a preference strategy, which this training service lacks")
-            extra = sorted(set(method) - {"type", kind})
-            if extra:
-                raise invalid(f"method.{extra[0]}", f"does not belong to a {kind} method")
-            inner = method.get(kind) or {}
-            if not isinstance(inner, dict) or set(inner) - {"hyperparameters"}:
-                raise invalid(f"method.{kind}", "must be {\"hyperparameters\": {...}}")
-            hp = check_hyperparameters(inner.get("hyperparameters"), kind, f"method.{kind}.hyperparameters")
+            other = "dpo" if kind == "supervised" else "supervised"
+            if other in req.method.model_fields_set:
+                raise invalid(f"method.{other}", f"does not belong to a {kind} method")
+            inner = getattr(req.method, kind)
+            hp = given(inner.hyperparameters if inner is not None else None)
             if legacy is not None:
                 if kind != "supervised":
                     raise invalid("hyperparameters", "the deprecated top-level hyperparameters are supervised; "
                                   "use method.dpo.hyperparameters")
-                hp = {**check_hyperparameters(legacy, kind, "hyperparameters"), **hp}
+                hp = {**given(legacy), **hp}
+        suffix, seed, metadata = req.suffix, req.seed, req.metadata
         strategy, config, lora = self._extension(body.get("wintrain"))
         return {"model": model, "training": training, "validation": validation, "suffix": suffix, "seed": seed,
                 "metadata": metadata or {}, "kind": kind, "hp": hp, "strategy": strategy, "config": config,

@@ -290,34 +290,38 @@ class FileDeleted(BaseModel):
 
 
 _AUTO = Literal["auto"]
+# Requests are strict (`"5"` is not a number, `true` not an integer) and closed (an unknown field
+# is a 400 naming it): gateway.openai_ft validates create bodies with these models.
+_CLOSED = ConfigDict(extra="forbid", strict=True)
 
 
 class SupervisedHyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    batch_size: Union[_AUTO, Annotated[int, Field(ge=1, le=256)]] = Field(
+    model_config = _CLOSED
+    # The number first: of a refused number, pydantic's first complaint is then its bound.
+    batch_size: Union[Annotated[int, Field(ge=1, le=256)], _AUTO] = Field(
         "auto", description="`auto`: clamp(rows // 32, 1, 8).")
-    learning_rate_multiplier: Union[_AUTO, Annotated[float, Field(gt=0, le=10)]] = Field(
+    learning_rate_multiplier: Union[Annotated[float, Field(gt=0, le=10)], _AUTO] = Field(
         "auto", description="x 2e-4 (LoRA) or 2e-5 (full); `auto`: 1.")
-    n_epochs: Union[_AUTO, Annotated[int, Field(ge=1, le=50)]] = Field(
+    n_epochs: Union[Annotated[int, Field(ge=1, le=50)], _AUTO] = Field(
         "auto", description="`auto`: clamp(ceil(300 / rows), 3, 10).")
 
 
 class DpoHyperparameters(SupervisedHyperparameters):
-    beta: Union[_AUTO, Annotated[float, Field(gt=0, le=10)]] = Field("auto", description="`auto`: 0.1.")
+    beta: Union[Annotated[float, Field(gt=0, le=10)], _AUTO] = Field("auto", description="`auto`: 0.1.")
 
 
 class SupervisedMethod(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _CLOSED
     hyperparameters: Optional[SupervisedHyperparameters] = None
 
 
 class DpoMethod(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _CLOSED
     hyperparameters: Optional[DpoHyperparameters] = None
 
 
 class FineTuneMethod(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _CLOSED
     type: Literal["supervised", "dpo"] = Field(description="`reinforcement` is refused (400, param `method.type`).")
     supervised: Optional[SupervisedMethod] = None
     dpo: Optional[DpoMethod] = None
@@ -327,20 +331,20 @@ class WintrainJobOptions(BaseModel):
     """Extension: any TrainingConfig setting by name (max_steps, save_steps, eval_steps, max_length,
     save_total_limit, ...) except those the OpenAI fields set (batch size, epochs, learning rate,
     seed, beta, model)."""
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     strategy: Literal["lora", "full"] = Field("lora", description="`full`: a full fine-tune.")
     lora: Optional[dict[str, Any]] = Field(None, description="LoraConfig settings (r, lora_alpha, lora_dropout, "
                                                              "target_modules, bias); strategy lora only.")
 
 
 class FineTuningJobCreateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _CLOSED
     model: str = Field(min_length=1, description="The base model (`default` or a model path); not an `ft:` id.")
     training_file: str = Field(min_length=1, description="A `fine-tune` file id from POST /v1/files.")
     validation_file: Optional[str] = Field(None, description="A `fine-tune` file id, not the training file.")
     suffix: Optional[str] = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     seed: Optional[int] = Field(None, ge=0, le=INT32_MAX, description="Default 42.")
-    metadata: Optional[dict[str, str]] = Field(None, max_length=16,
+    metadata: Optional[dict[str, Annotated[str, Field(max_length=512)]]] = Field(None, max_length=16,
                                                description="At most 16 pairs; keys <= 64, values <= 512 characters.")
     method: Optional[FineTuneMethod] = None
     hyperparameters: Optional[SupervisedHyperparameters] = Field(
@@ -452,8 +456,8 @@ FT_MODELS = (FileUploadRequest, FileObject, FileList, FileDeleted, FineTuningJob
 
 
 # A union member's tag in a pydantic error location (`str`, `list[ContentPart]`,
-# `NamedToolChoice`, `literal['none','auto','required']`...): not a field of the request.
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
+# `NamedToolChoice`, `literal['none','auto','required']`, `constrained-int`...): not a field of the request.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-[a-z]+|[a-z-]+\[.*\]|[A-Z]\w*)$")
 
 
 def _path(loc: tuple) -> str:
@@ -483,6 +487,14 @@ def parse_chat_request(body: dict) -> ChatCompletionRequest:
     """The validated request; raises ValueError subclass `RequestInvalid` with the violations."""
     try:
         return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise RequestInvalid(violations_of(exc)) from None
+
+
+def parse_job_create(body: dict) -> FineTuningJobCreateRequest:
+    """The validated POST /v1/fine_tuning/jobs body; raises `RequestInvalid` with the violations."""
+    try:
+        return FineTuningJobCreateRequest.model_validate(body)
     except ValidationError as exc:
         raise RequestInvalid(violations_of(exc)) from None
 
