@@ -9,8 +9,9 @@ an evaluation, an export, a dataset pass) to a grpc.aio handler.
         result = call.result()        # fn's return value (or its exception)
 
 Either one:
-- takes a slot of the AdmissionLimiter first (RESOURCE_EXHAUSTED at once beyond its queue,
-  DEADLINE_EXCEEDED when `timeout` passes while queued);
+- takes `weight` slots of the AdmissionLimiter first (default 1; the inference service passes
+  the sequences a request decodes), RESOURCE_EXHAUSTED at once beyond its queue,
+  DEADLINE_EXCEEDED when `timeout` passes while queued;
 - runs `fn` in one of the limiter's worker threads with the caller's contextvars copied, so
   the request id stays on the worker's log lines;
 - passes `fn` a stop flag (a `StopFlag`, keyword `stop`, default `should_stop`): both a
@@ -51,8 +52,9 @@ class AdmittedCall:
 
     def __init__(self, limiter: AdmissionLimiter, fn: Callable[..., Any], args: tuple, kwargs: dict, *,
                  stop: str | None, progress: str | None, cancel: Callable[[], None] | None,
-                 timeout: float | None, context: Any):
+                 timeout: float | None, context: Any, weight: int = 1):
         self.limiter, self.fn, self.args, self.kwargs = limiter, fn, args, dict(kwargs)
+        self.weight = weight
         self.stop_flag = StopFlag()
         self._stop_arg, self._progress_arg = stop, progress
         self._on_cancel, self._timeout, self._context = cancel, timeout, context
@@ -68,7 +70,7 @@ class AdmittedCall:
 
     # -- start and stop ----------------------------------------------------------------------
     async def __aenter__(self) -> "AdmittedCall":
-        ticket: Ticket = await self.limiter.acquire(timeout=self._timeout)
+        ticket: Ticket = await self.limiter.acquire(timeout=self._timeout, weight=self.weight)
         try:
             self._loop = asyncio.get_running_loop()
             kwargs = dict(self.kwargs)
@@ -165,18 +167,20 @@ class AdmittedCall:
 
 def stream_admitted(limiter: AdmissionLimiter, fn: Callable[..., Any], *args: Any, progress: str = "progress",
                     stop: str | None = "should_stop", cancel: Callable[[], None] | None = None,
-                    timeout: float | None = None, context: Any = None, **kwargs: Any) -> AdmittedCall:
+                    timeout: float | None = None, context: Any = None, weight: int = 1,
+                    **kwargs: Any) -> AdmittedCall:
     """An AdmittedCall whose `fn` gets a progress callback as keyword `progress`; iterate the
     call for what it passes, then read `call.result()`. See the module docstring."""
     return AdmittedCall(limiter, fn, args, kwargs, stop=stop, progress=progress, cancel=cancel,
-                        timeout=timeout, context=context)
+                        timeout=timeout, context=context, weight=weight)
 
 
 async def run_admitted(limiter: AdmissionLimiter, fn: Callable[..., Any], *args: Any,
                        stop: str | None = "should_stop", cancel: Callable[[], None] | None = None,
-                       timeout: float | None = None, context: Any = None, **kwargs: Any) -> Any:
+                       timeout: float | None = None, context: Any = None, weight: int = 1,
+                       **kwargs: Any) -> Any:
     """`fn(*args, **kwargs, <stop>=StopFlag)` in an admitted worker thread; its result.
     See the module docstring."""
     async with AdmittedCall(limiter, fn, args, kwargs, stop=stop, progress=None, cancel=cancel,
-                            timeout=timeout, context=context) as call:
+                            timeout=timeout, context=context, weight=weight) as call:
         return await call.wait()
