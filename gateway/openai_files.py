@@ -32,10 +32,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import GatewayError, dumps, openai_error_body
+from gateway.openai_protocol import FILE_PURPOSES, UPLOAD_PURPOSES
 
 FILE_ID = re.compile(r"^file-[A-Za-z0-9_-]{1,64}$")
-PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "user_data", "vision", "evals")
-UPLOAD_PURPOSES = tuple(p for p in PURPOSES if p != "fine-tune-results")
+PURPOSES = FILE_PURPOSES  # declared once, with the OpenAPI shapes (gateway.openai_protocol)
 DEFAULT_MAX_UPLOAD = 100 * 1024 * 1024
 
 
