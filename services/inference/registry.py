@@ -89,7 +89,11 @@ class SharedBase:
             current = self.peft if self.peft is not None else self.module
             before, before_params = model_memory_bytes(current), count_parameters(current)
             if self.peft is None:
-                peft = PeftModel.from_pretrained(self.module, str(source.adapter_path), adapter_name=name)
+                try:
+                    peft = PeftModel.from_pretrained(self.module, str(source.adapter_path), adapter_name=name)
+                except BaseException:
+                    _strip_tuner_layers(self.module)  # injected, its weights refused: the plain base again
+                    raise
                 peft.eval()
                 _serialize_forward(peft, self.lock)
                 self.peft = peft
@@ -145,6 +149,19 @@ class SharedBase:
         for mod in self.peft.modules():
             if isinstance(mod, BaseTunerLayer):
                 mod.set_adapter(BASE_ADAPTER, inference_mode=True)
+
+
+def _strip_tuner_layers(module) -> None:
+    """Put every PEFT layer injected into `module` back to the layer it wraps."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, BaseTunerLayer):
+            parent_name, _, attr = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, attr, child.get_base_layer())
+    if "peft_config" in vars(module):
+        del module.peft_config  # set on the base by the tuner; a later wrap starts afresh
 
 
 def _serialize_forward(module, lock) -> None:

@@ -256,9 +256,16 @@ def test_an_adapter_that_does_not_fit_its_base_is_refused_and_the_others_go_on(
         cfg_path.write_text(json.dumps(cfg))
     cfg = _config(tmp_path_factory, noisy_model_dir, root)
     with inference_server(cfg) as (_server, stub, servicer):
-        stub.LoadModel(pb.LoadModelRequest(model_path=str(paths["a"])), timeout=120)
         base_answer = stub.Chat(chat("hi", **GREEDY), timeout=60).content
+        # Refused as the base's first adapter (PeftModel.from_pretrained) ...
+        with pytest.raises(grpc.RpcError) as err:
+            stub.LoadModel(pb.LoadModelRequest(model_path=str(bad)), timeout=120)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert stub.Chat(chat("hi", **GREEDY), timeout=60).content == base_answer
+        stub.LoadModel(pb.LoadModelRequest(model_path=str(paths["a"])), timeout=120)
         a_answer = stub.Chat(chat("hi", model_path=str(paths["a"]), **GREEDY), timeout=60).content
+        assert a_answer.startswith("apples")
+        # ... and as a further one (load_adapter).
         with pytest.raises(grpc.RpcError) as err:
             stub.LoadModel(pb.LoadModelRequest(model_path=str(bad)), timeout=120)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
