@@ -257,7 +257,8 @@ class FileUploadRequest(BaseModel):
     file: bytes = Field(description="The file. A `fine-tune` file is JSONL, every line a chat row "
                                     "(`messages`) or a preference row (`input`, `preferred_output`, "
                                     "`non_preferred_output`); at most `api.max_upload_bytes` (else 413).")
-    purpose: Literal[UPLOAD_PURPOSES] = Field(description="`fine-tune` for fine-tuning data.")  # type: ignore[valid-type]
+    purpose: Literal[UPLOAD_PURPOSES] = Field(  # type: ignore[valid-type]
+        description="`fine-tune` for fine-tuning data.")
 
 
 class FileObject(BaseModel):

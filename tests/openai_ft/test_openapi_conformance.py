@@ -106,6 +106,16 @@ def test_real_responses_validate_against_their_declared_schemas(stack, doc):
         gone = http.get(f"{jobs}/ftjob-0000/events")
         assert gone.status_code == 404 and check(doc, jobs + "/{job_id}/events", "get", gone)
 
+        # Each list's declared `limit` bounds are the server's.
+        for path, real in (("/v1/files", "/v1/files"), (jobs, jobs),
+                           (jobs + "/{job_id}/events", f"{jobs}/{job['id']}/events"),
+                           (jobs + "/{job_id}/checkpoints", f"{jobs}/{job['id']}/checkpoints")):
+            limit = next(p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == "limit")["schema"]
+            check(doc, path, "get", http.get(real, params={"limit": limit["maximum"]}))
+            for wrong in (limit["minimum"] - 1, limit["maximum"] + 1):
+                reply = http.get(real, params={"limit": wrong})
+                assert reply.status_code == 400 and check(doc, path, "get", reply)["error"]["param"] == "limit"
+
         # The check can fail: a job object without its status is not a FineTuningJob.
         schema = doc["paths"][jobs + "/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         with pytest.raises(ValidationError):
