@@ -1,16 +1,22 @@
-"""`make demo` / `python -m cli.demo [--quick]`: the whole life of a fine-tuned model, through
-the HTTP gateway only, on the bundled bilingual dataset.
+"""`make demo` / `python -m cli.demo [--quick]`: the embedded default model learns new facts,
+through the HTTP gateway only, and each step says with numbers what happened.
 
-1. validate, then process and split the dataset (train/val/test)
-2. LoRA training with a live progress bar from the SSE watch stream
-3. evaluation of the base model and the tuned adapter, side by side
-4. a streamed chat answer from the tuned model, then batch answers
-5. ONNX export of the tuned model with its parity numbers
-6. a summary table
+The bundled ``qa_facts.jsonl`` holds ten invented facts (Zorbia's capital, Tessaly's moons, …)
+that the pre-trained tiny model never saw:
+
+1. data: validate and process the facts file
+2. the default model is asked every fact question: it does not know them
+3. a short fine-tuning run teaches them (live progress from the SSE watch stream); a full
+   fine-tune, as LoRA cannot on this tiny model (see FULL below)
+4. eval: the loss on the facts, base model vs the tuned model, falls
+5. chat: the tuned model answers them (one streamed answer, then all of them in a batch)
+6. ONNX export of the tuned model; ONNX Runtime, run here on the exported file, answers the
+   same questions with the same words
+7. a summary table (and with ``--summary-json FILE`` the numbers as JSON)
 
 When no gateway answers, it starts everything itself (`services.common.launcher`) and stops it
-at the end. It exits 1 if any step fails (later steps that need it are skipped), so it doubles as
-a smoke test; `--quick` (few steps, short answers) is what CI runs.
+at the end. It exits 1 if any step fails or the story is not true (later steps that need it are
+skipped), so it doubles as a smoke test; `--quick` (fewer steps and evaluations) is what CI runs.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from cli.client import CliError, HttpClient
 from services.common.config import REPO_ROOT, Config, ConfigError, load_config
 from services.common.proc import die_with_parent
 
-DATASET_NAME = "bilingual_chat.jsonl"
+DATASET_NAME = "qa_facts.jsonl"
 ASSET_DATASETS = REPO_ROOT / "services" / "common" / "assets" / "datasets"
 
 
@@ -54,17 +60,19 @@ class Profile:
     eval_steps: int
     batch_size: int
     learning_rate: float
-    max_length: int
-    eval_samples: int
-    chat_tokens: int
-    batch_tokens: int
-    batch_prompts: int
+    lora_r: int
+    answer_tokens: int
 
 
-FULL = Profile(max_steps=60, logging_steps=2, eval_steps=10, batch_size=4, learning_rate=2e-3, max_length=256,
-               eval_samples=48, chat_tokens=80, batch_tokens=40, batch_prompts=4)
-QUICK = Profile(max_steps=4, logging_steps=1, eval_steps=2, batch_size=2, learning_rate=2e-3, max_length=128,
-                eval_samples=6, chat_tokens=12, batch_tokens=8, batch_prompts=2)
+# A full fine-tune (TRL's SFTTrainer), the ten facts in one batch, at lr 5e-3 with a cosine
+# schedule. Measured on the pre-trained tiny model: LoRA (r=16 over all seven projections, lr
+# 5e-3..2e-2, 40 steps) stalls at a loss of ~1 and gets 2-4 facts word for word, because the
+# facts' rare tokens need the (tied, frozen) embeddings; LoRA on lm_head learns them but merging
+# it rewrites the tied input embeddings too and the merged model answers none.
+FULL = Profile(max_steps=40, logging_steps=1, eval_steps=5, batch_size=10, learning_rate=5e-3, lora_r=16,
+               answer_tokens=32)
+QUICK = Profile(max_steps=40, logging_steps=1, eval_steps=10, batch_size=10, learning_rate=5e-3, lora_r=16,
+                answer_tokens=24)
 
 
 @dataclass
@@ -79,6 +87,16 @@ class StepResult:
 class DemoState:
     run_dir: str
     facts: dict[str, Any] = field(default_factory=dict)
+
+
+def load_facts(path: Path = ASSET_DATASETS / DATASET_NAME) -> list[tuple[str, str]]:
+    """(question, answer) of each bundled fact."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            conv = json.loads(line)["conversations"]
+            out.append((conv[0]["content"], conv[1]["content"]))
+    return out
 
 
 # -- starting the services ------------------------------------------------------------------------
@@ -97,9 +115,12 @@ def _seed_model(config: Config, console: Console) -> None:
     """The embedded tiny model as the base model (what `make model` builds), if missing."""
     if not (config.base_model_path / "config.json").exists():
         console.print(f"building the embedded tiny model in {config.base_model_path} …")
-        from tools.tiny_model import build_tiny_model
+        from tools.tiny_model import StaleWeights, build_tiny_model
 
-        build_tiny_model(config.base_model_path)
+        try:
+            build_tiny_model(config.base_model_path)
+        except StaleWeights as exc:
+            raise StepFailed(str(exc)) from exc
 
 
 class LocalStack:
@@ -139,11 +160,21 @@ class LocalStack:
 
 # -- the demo --------------------------------------------------------------------------------------
 
+STEP_DATA = "1. data: validate, process"
+STEP_BASE = "2. default model: does it know the facts?"
+STEP_TRAIN = "3. fine-tuning (full, TRL)"
+STEP_EVAL = "4. eval: base vs tuned"
+STEP_STREAM = "5a. chat stream (tuned)"
+STEP_BATCH = "5b. batch answers (tuned)"
+STEP_EXPORT = "6. ONNX export: the same answers"
+
+
 class Demo:
     def __init__(self, gw: HttpClient, config: Config, profile: Profile, console: Console, run_dir: str):
         self.gw, self.config, self.p, self.console = gw, config, profile, console
         self.state = DemoState(run_dir=run_dir)
         self.results: list[StepResult] = []
+        self.facts = load_facts()
 
     # paths as the services see them (relative to the workspace when inside it)
     def ws_path(self, path: Path) -> str:
@@ -176,6 +207,30 @@ class Demo:
         self.console.print(f"{mark} {name} ({result.seconds:.1f}s): {escape(result.facts)}", markup=True)
         return bool(result.ok)
 
+    def answers_table(self, title: str, answers: list[str]) -> int:
+        """Print question / expected / answer; return how many answers are word for word right."""
+        table = Table(title=title, show_lines=False)
+        table.add_column("question", max_width=36)
+        table.add_column("the fact", max_width=36)
+        table.add_column("answer", max_width=48)
+        table.add_column("", justify="center")
+        right = 0
+        for (question, fact), answer in zip(self.facts, answers):
+            ok = answer.strip() == fact
+            right += ok
+            table.add_row(question, fact, answer, "[green]✔[/]" if ok else "[red]✘[/]")
+        self.console.print(table)
+        return right
+
+    def ask_all(self, model_path: str | None) -> list[str]:
+        body = {"prompts": [q for q, _ in self.facts], "max_tokens": self.p.answer_tokens, "temperature": 0}
+        if model_path:
+            body["model_path"] = model_path
+        results = self.gw.envelope("POST", "/api/inference/batch", json=body)["data"]["results"]
+        if len(results) != len(self.facts):
+            raise StepFailed(f"{len(self.facts)} prompts but {len(results)} answers")
+        return [str(r) for r in results]
+
     # 1 -----------------------------------------------------------------------------------------
     def step_data(self) -> str:
         dataset = f"datasets/{DATASET_NAME}"
@@ -187,30 +242,33 @@ class Demo:
             raise StepFailed(f"{dataset} is not valid: {v.get('error_messages', [])[:3]}")
         out_dir = f"{self.state.run_dir}/data"
         body = self.gw.envelope("POST", "/api/data/process", json={
-            "input_file": dataset, "output_dir": out_dir, "format_type": "conversations",
-            "split_config": {"train_ratio": 0.8, "val_ratio": 0.1, "test_ratio": 0.1, "shuffle": True, "seed": 42}})
+            "input_file": dataset, "output_dir": out_dir, "format_type": "conversations"})
         d = body["data"]
-        self.state.facts.update(data_dir=out_dir, train=f"{out_dir}/train.json", val=f"{out_dir}/val.json",
-                                test=f"{out_dir}/test.json")
-        test_rows = self.config.workspace / out_dir / "test.json"
-        self.state.facts["questions"] = _user_questions(test_rows, 8)
-        return (f"{d['total_samples']} rows → train {d['train_samples']} / val {d['val_samples']} / "
-                f"test {d['test_samples']} in {out_dir}")
+        self.state.facts.update(data=f"{out_dir}/processed.json", facts=len(self.facts))
+        return f"{d['total_samples']} facts → {out_dir}/processed.json"
 
     # 2 -----------------------------------------------------------------------------------------
+    def step_base(self) -> str:
+        answers = self.ask_all(None)
+        known = self.answers_table("The default model, asked the facts", answers)
+        self.state.facts.update(base_answers=answers, base_known=known)
+        if known * 2 > len(self.facts):
+            raise StepFailed(f"the default model already knows {known}/{len(self.facts)} facts: nothing to teach")
+        return f"the default model knows {known}/{len(self.facts)} facts"
+
+    # 3 -----------------------------------------------------------------------------------------
     def step_train(self) -> str:
         p = self.p
-        adapter = f"{self.state.run_dir}/adapter"
+        adapter = f"{self.state.run_dir}/tuned"
         started = self.gw.request("POST", "/api/train/start", json={
-            "strategy": "lora", "dataset_path": self.state.facts["train"], "output_dir": adapter,
-            "eval_dataset_path": self.state.facts["val"],
+            "strategy": "trl", "dataset_path": self.state.facts["data"], "output_dir": adapter,
+            "eval_dataset_path": self.state.facts["data"],
             "config": {
                 "max_steps": p.max_steps, "per_device_train_batch_size": p.batch_size,
-                "gradient_accumulation_steps": 1, "learning_rate": p.learning_rate, "warmup_steps": 1,
+                "gradient_accumulation_steps": 1, "learning_rate": p.learning_rate, "warmup_steps": 3,
+                "lr_scheduler_type": "cosine",
                 "logging_steps": p.logging_steps, "eval_steps": p.eval_steps, "save_steps": p.max_steps,
-                "max_length": p.max_length, "seed": 42,
-                "lora_config": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": [
-                    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
+                "max_length": 64, "seed": 42,
             }})
         task_id = started["task_id"]
         self.console.print(f"task {task_id} {started['status']}")
@@ -259,17 +317,16 @@ class Demo:
                                        f"ETA {fields['eta']}  {fields['eval']}".rstrip(), markup=False)
         return losses, eval_losses
 
-    # 3 -----------------------------------------------------------------------------------------
+    # 4 -----------------------------------------------------------------------------------------
     def step_eval(self) -> str:
         base = self.ws_path(self.config.base_model_path)
         rows = {}
         for label, model in (("base", base), ("tuned", self.state.facts["adapter"])):
             body = self.gw.envelope("POST", "/api/eval/evaluate", json={
-                "model_path": model, "dataset_path": self.state.facts["test"],
-                "metrics": ["loss", "perplexity", "accuracy"], "batch_size": 8,
-                "max_samples": self.p.eval_samples})
+                "model_path": model, "dataset_path": self.state.facts["data"],
+                "metrics": ["loss", "perplexity", "accuracy"], "batch_size": 10})
             rows[label] = body["data"]
-        table = Table(title="Base vs tuned on the test split")
+        table = Table(title="Base vs tuned on the facts")
         table.add_column("metric")
         table.add_column("base", justify="right")
         table.add_column("tuned (LoRA)", justify="right")
@@ -277,23 +334,25 @@ class Demo:
             table.add_row(name, f"{rows['base']['metrics'].get(name, float('nan')):.4f}",
                           f"{rows['tuned']['metrics'].get(name, float('nan')):.4f}")
         self.console.print(table)
-        self.state.facts["eval"] = rows
         b, t = rows["base"]["metrics"], rows["tuned"]["metrics"]
-        return (f"loss {b.get('loss', float('nan')):.3f} → {t.get('loss', float('nan')):.3f}, "
+        self.state.facts.update(eval_base=b, eval_tuned=t)
+        if not t.get("loss", float("inf")) < b.get("loss", float("nan")):
+            raise StepFailed(f"the eval loss did not fall: {b.get('loss')} → {t.get('loss')}")
+        return (f"loss {b['loss']:.3f} → {t['loss']:.3f}, "
                 f"accuracy {b.get('accuracy', float('nan')):.3f} → {t.get('accuracy', float('nan')):.3f} "
                 f"({rows['tuned']['total_samples']} samples)")
 
-    # 4 -----------------------------------------------------------------------------------------
+    # 5 -----------------------------------------------------------------------------------------
     def step_chat(self) -> str:
-        question = (self.state.facts.get("questions") or ["你好，请介绍一下你自己。"])[0]
-        self.console.print(f"[bold]user>[/] {question}")
+        question, fact = self.facts[0]
+        self.console.print(f"[bold]user>[/] {escape(question)}")
         self.console.print("[bold]tuned>[/] ", end="")
         pieces: list[str] = []
         first_at = None
         started = time.perf_counter()
         for event in self.gw.sse("POST", "/api/inference/chat/stream", json={
                 "model_path": self.state.facts["adapter"], "messages": [{"role": "user", "content": question}],
-                "max_tokens": self.p.chat_tokens, "temperature": 0.7, "top_p": 0.9, "seed": 7}):
+                "max_tokens": self.p.answer_tokens, "temperature": 0}):
             token = event.get("token", "")
             if token:
                 first_at = first_at or time.perf_counter()
@@ -302,28 +361,23 @@ class Demo:
         self.console.print()
         if not pieces:
             raise StepFailed("the stream carried no tokens")
+        answer = "".join(pieces)
+        self.state.facts.update(stream_answer=answer)
         ttft = (first_at - started) if first_at else 0.0
-        return f"{len(pieces)} streamed pieces, first after {ttft:.2f}s"
+        verdict = "the fact, word for word" if answer.strip() == fact else f"not the fact ({fact!r})"
+        return f"{len(pieces)} streamed pieces, first after {ttft:.2f}s: {verdict}"
 
     def step_batch(self) -> str:
-        prompts = (self.state.facts.get("questions") or [])[1:1 + self.p.batch_prompts]
-        if len(prompts) < self.p.batch_prompts:
-            prompts += ["What is LoRA?", "用一句话介绍北京。", "Name a colour.", "你好"][:self.p.batch_prompts - len(prompts)]
-        body = self.gw.envelope("POST", "/api/inference/batch", json={
-            "model_path": self.state.facts["adapter"], "prompts": prompts, "max_tokens": self.p.batch_tokens,
-            "temperature": 0.7, "seed": 7})
-        results = body["data"]["results"]
-        if len(results) != len(prompts):
-            raise StepFailed(f"{len(prompts)} prompts but {len(results)} answers")
-        table = Table(title="Batch answers (tuned)", show_lines=True)
-        table.add_column("prompt", max_width=40)
-        table.add_column("answer", max_width=60)
-        for prompt, answer in zip(prompts, results):
-            table.add_row(prompt, answer)
-        self.console.print(table)
-        return f"{len(results)} answers in prompt order"
+        answers = self.ask_all(self.state.facts["adapter"])
+        known = self.answers_table("The tuned model, asked the facts", answers)
+        self.state.facts.update(tuned_answers=answers, tuned_known=known)
+        base = self.state.facts.get("base_known", 0)
+        if known <= base:
+            raise StepFailed(f"the tuned model knows {known}/{len(self.facts)} facts, the default {base}: "
+                             "the run taught nothing")
+        return f"the tuned model knows {known}/{len(self.facts)} facts (the default model: {base})"
 
-    # 5 -----------------------------------------------------------------------------------------
+    # 6 -----------------------------------------------------------------------------------------
     def step_export(self) -> str:
         out = f"{self.state.run_dir}/onnx"
         body = self.gw.request("POST", "/api/export/onnx", json={
@@ -339,19 +393,47 @@ class Demo:
                            f"{parity.get('prompts_checked', 0)} prompts")
         if not parity.get("tokens_match"):
             raise StepFailed("greedy tokens of the ONNX model differ from PyTorch's")
-        self.state.facts["export"] = body
-        return (f"{body['file_size'] / 1e6:.1f} MB, max |Δ logit| {parity.get('max_abs_diff', float('nan')):.1e} "
-                f"≤ {parity.get('tolerance', float('nan')):.0e}, tokens match")
+        answers = self.onnx_answers(self.config.workspace / body["export_path"])
+        tuned = self.state.facts.get("tuned_answers") or []
+        known = self.answers_table("ONNX Runtime on the exported file, asked the facts", answers)
+        same = sum(a.strip() == b.strip() for a, b in zip(answers, tuned))
+        self.state.facts.update(onnx_answers=answers, onnx_known=known, onnx_same=same,
+                                max_abs_diff=parity.get("max_abs_diff"))
+        if tuned and same != len(tuned):
+            raise StepFailed(f"ONNX Runtime answers {len(tuned) - same} of the {len(tuned)} questions differently")
+        return (f"{body['file_size'] / 1e6:.1f} MB, max |Δ logit| {parity.get('max_abs_diff', float('nan')):.1e}; "
+                f"ONNX Runtime answers {same}/{len(answers)} questions as the tuned model did ({known} facts right)")
+
+    def onnx_answers(self, export: Path) -> list[str]:
+        """Greedy answers of the exported graph, run here with ONNX Runtime (this needs the
+        workspace on this machine, as with `make demo`)."""
+        from transformers import AutoTokenizer
+
+        from services.export.parity import OrtKVDecoder
+
+        model_file = export if export.suffix == ".onnx" else export / "model.onnx"
+        if not model_file.is_file():
+            raise StepFailed(f"{model_file} is not on this machine: the ONNX answers are computed next to the workspace")
+        tok = AutoTokenizer.from_pretrained(model_file.parent)
+        decoder = OrtKVDecoder(model_file)
+        answers = []
+        for question, _ in self.facts:
+            prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                             tokenize=True)
+            ids = decoder.greedy(list(prompt), self.p.answer_tokens, eos_ids=[tok.eos_token_id])
+            answers.append(tok.decode(ids, skip_special_tokens=True))
+        return answers
 
     # ---------------------------------------------------------------------------------------------
     def run(self) -> bool:
-        self.run_step("1. data: validate, process, split", self.step_data)
-        self.run_step("2. LoRA training", self.step_train, needs=("1. data: validate, process, split",))
-        trained = ("2. LoRA training",)
-        self.run_step("3. eval: base vs tuned", self.step_eval, needs=trained)
-        self.run_step("4a. chat stream (tuned)", self.step_chat, needs=trained)
-        self.run_step("4b. batch answers (tuned)", self.step_batch, needs=trained)
-        self.run_step("5. ONNX export + parity", self.step_export, needs=trained)
+        self.run_step(STEP_DATA, self.step_data)
+        self.run_step(STEP_BASE, self.step_base, needs=(STEP_DATA,))
+        self.run_step(STEP_TRAIN, self.step_train, needs=(STEP_DATA,))
+        trained = (STEP_TRAIN,)
+        self.run_step(STEP_EVAL, self.step_eval, needs=trained)
+        self.run_step(STEP_STREAM, self.step_chat, needs=trained)
+        self.run_step(STEP_BATCH, self.step_batch, needs=trained)
+        self.run_step(STEP_EXPORT, self.step_export, needs=trained)
         self.summary()
         return all(r.ok for r in self.results)
 
@@ -366,31 +448,20 @@ class Demo:
             table.add_row(r.name, word, f"{r.seconds:.1f}s", r.facts)
         self.console.print(table)
 
-
-def _user_questions(path: Path, limit: int) -> list[str]:
-    """First user messages of a conversations JSONL file (the prompts of the chat steps)."""
-    out: list[str] = []
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                if len(out) >= limit:
-                    break
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                for message in row.get("conversations", []):
-                    if message.get("role") == "user" and message.get("content"):
-                        out.append(message["content"])
-                        break
-    except OSError:
-        pass
-    return out
+    def numbers(self) -> dict[str, Any]:
+        """What the steps measured, for --summary-json."""
+        keep = ("facts", "base_known", "tuned_known", "onnx_known", "onnx_same", "losses", "eval_losses",
+                "eval_base", "eval_tuned", "max_abs_diff", "base_answers", "tuned_answers", "onnx_answers",
+                "stream_answer", "task_id")
+        out = {k: self.state.facts[k] for k in keep if k in self.state.facts}
+        out["steps"] = {r.name: {"ok": r.ok, "seconds": round(r.seconds, 2), "details": r.facts} for r in self.results}
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cli.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few training steps and short answers (CI)")
+    parser.add_argument("--quick", action="store_true", help="fewer training steps and evaluations (CI)")
+    parser.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the measured numbers there")
     parser.add_argument("--url", help="gateway URL (default: from the configuration, api.host/api.port)")
     parser.add_argument("--config", metavar="FILE", help="configuration file")
     parser.add_argument("--no-start", action="store_true", help="fail instead of starting the services")
@@ -424,7 +495,11 @@ def main(argv: list[str] | None = None) -> int:
             stack.start(args.start_timeout)
             console.print(f"Win-Train is up ({time.perf_counter() - started:.0f}s)")
         profile = QUICK if args.quick else FULL
-        ok = Demo(gw, config, profile, console, f"demos/{run_name}").run()
+        demo = Demo(gw, config, profile, console, f"demos/{run_name}")
+        ok = demo.run()
+        if args.summary_json:
+            args.summary_json.write_text(json.dumps(demo.numbers(), ensure_ascii=False, indent=2) + "\n",
+                                         encoding="utf-8")
     except (StepFailed, CliError) as exc:
         console.print(f"[red]demo: {escape(exc.line() if isinstance(exc, CliError) else str(exc))}[/]")
         ok = False

@@ -1,6 +1,8 @@
 """`make demo` in reduced form, with real processes on free ports: `python -m cli.demo --quick`
-on a fresh workspace starts Win-Train itself, runs the whole lifecycle through the gateway,
-passes and stops what it started; then `wintrain up` starts everything again, `wintrain status`
+on a fresh workspace starts Win-Train itself, runs the whole lifecycle through the gateway and
+tells a true story, asserted here with its numbers (the default model does not know the bundled
+facts, a short fine-tuning run teaches them, chat answers them, the eval loss falls, the ONNX export
+answers the same), passes and stops what it started; then `wintrain up` starts everything again, `wintrain status`
 sees it all healthy, and stopping `wintrain up` leaves no process behind."""
 
 from __future__ import annotations
@@ -68,18 +70,43 @@ def test_quick_demo_starts_everything_itself_then_wintrain_up_and_status(tmp_pat
     env["COLUMNS"] = "160"
 
     # 1. a fresh machine: no gateway answers, so the demo starts Win-Train, runs, and stops it
-    demo = subprocess.run([sys.executable, "-m", "cli.demo", "--quick", "--run-name", "ci"],
+    summary = tmp_path / "summary.json"
+    demo = subprocess.run([sys.executable, "-m", "cli.demo", "--quick", "--run-name", "ci", "--summary-json", str(summary)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     output = demo.stdout + demo.stderr
     assert demo.returncode == 0, output + tail_logs(ws / "logs" / "ci")
     assert "starting Win-Train" in output and "demo passed" in output
-    for step in ("data", "LoRA training", "eval: base vs tuned", "chat stream", "batch answers", "ONNX export"):
+    for step in ("data", "does it know the facts", "fine-tuning", "eval: base vs tuned", "chat stream",
+                 "batch answers", "ONNX export"):
         assert step in output, step
     assert "FAILED" not in output and "skipped" not in output
+    # The story, in numbers.
+    facts = [json.loads(line)["conversations"] for line in
+             (REPO_ROOT / "services/common/assets/datasets/qa_facts.jsonl").read_text().splitlines()]
+    answers = [conv[1]["content"] for conv in facts]
+    numbers = json.loads(summary.read_text())
+    assert numbers["facts"] == len(facts) == 10
+    assert all(r["ok"] for r in numbers["steps"].values())
+    # 1. the default model does not know the facts: not one answer is the fact
+    assert numbers["base_known"] == 0
+    assert sum(a.strip() == f for a, f in zip(numbers["base_answers"], answers)) == 0
+    # 2. the short fine-tuning run learns: its training loss falls far
+    losses = numbers["losses"]
+    assert len(losses) >= 10 and losses[-1] < 0.5 * losses[0], losses
+    # 3. chat answers the facts, word for word, in the stream and in the batch
+    assert numbers["tuned_known"] >= 5, numbers["tuned_answers"]
+    assert sum(a.strip() == f for a, f in zip(numbers["tuned_answers"], answers)) == numbers["tuned_known"]
+    assert numbers["stream_answer"].strip() == numbers["tuned_answers"][0].strip()
+    # 4. the eval loss on the facts falls (the eval service: base vs adapter)
+    assert numbers["eval_tuned"]["loss"] < 0.5 * numbers["eval_base"]["loss"], (numbers["eval_base"], numbers["eval_tuned"])
+    assert numbers["eval_losses"] and numbers["eval_losses"][-1] < numbers["eval_losses"][0]
+    # 5. ONNX Runtime on the exported file answers the same
+    assert numbers["onnx_answers"] == numbers["tuned_answers"] or [a.strip() for a in numbers["onnx_answers"]] == [
+        a.strip() for a in numbers["tuned_answers"]]
+    assert numbers["onnx_same"] == 10 and numbers["onnx_known"] == numbers["tuned_known"]
     demo_dir = ws / "demos" / "ci"
-    for name in ("train.json", "val.json", "test.json"):
-        assert (demo_dir / "data" / name).is_file()
-    assert (demo_dir / "adapter" / "adapter_config.json").is_file()
+    assert (demo_dir / "data" / "processed.json").is_file()
+    assert (demo_dir / "tuned" / "model.safetensors").is_file()
     assert any((demo_dir / "onnx").rglob("*.onnx"))
     still_up = [name for name, port in [*ports.items(), *metrics_ports.items(), ("gateway", overrides["api.port"])]
                 if _listening(port)]
