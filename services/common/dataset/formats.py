@@ -115,17 +115,32 @@ def _openai_content(content: object) -> str | None:
     if content is None:
         return ""
     if type(content) is list:
-        parts = []
-        for part in content:
-            if type(part) is str:
-                parts.append(part)
-            elif type(part) is dict and part.get("type", "text") == "text" \
-                    and type(part.get("text")) is str:
-                parts.append(part["text"])
-            else:
-                return None
-        return "".join(parts)
+        return openai_text_parts(content)
     return None
+
+
+def openai_text_parts(parts: list, *, bare_strings: bool = True) -> str | None:
+    """The texts of an OpenAI content-part list joined; None when a part is not text (a bare
+    string counts as text only with `bare_strings`)."""
+    texts = []
+    for part in parts:
+        if type(part) is str and bare_strings:
+            texts.append(part)
+        elif type(part) is dict and part.get("type", "text") == "text" \
+                and type(part.get("text")) is str:
+            texts.append(part["text"])
+        else:
+            return None
+    return "".join(texts)
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """True when `text` holds an unpaired surrogate (\\ud800-\\udfff): not valid Unicode text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class Normalized:

@@ -28,7 +28,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.dataset.formats import PREFERENCE_FORMATS, detect_row_format
+from services.common.dataset.formats import (PREFERENCE_FORMATS, detect_row_format, has_lone_surrogate,
+                                             openai_text_parts)
 
 # Problem codes (with descriptions) are formats.DROP_REASONS: ProcessDataset drops a bad row
 # for its first problem.
@@ -74,22 +75,8 @@ def _content(msg: dict, openai: bool) -> "str | None | bool":
     if type(content) is str:
         return content
     if openai and type(content) is list:
-        parts = []
-        for part in content:
-            if type(part) is dict and part.get("type", "text") == "text" \
-                    and type(part.get("text")) is str:
-                parts.append(part["text"])
-            else:
-                return False
-        return "".join(parts)
-    return False
-
-
-def _bad_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
+        text = openai_text_parts(content, bare_strings=False)
+        return False if text is None else text
     return False
 
 
@@ -139,7 +126,7 @@ def _messages(value: list, path: str, problems: list[Problem], *, prompt: bool, 
         elif not content.strip():
             problems.append((f"{where}.content", empty_code,
                              f"{where}.content is {'empty' if not content else 'blank'}"))
-        elif _bad_unicode(content):
+        elif has_lone_surrogate(content):
             problems.append((f"{where}.content", "invalid_unicode",
                              f"{where}.content contains an unpaired surrogate escape "
                              f"(\\ud800-\\udfff), which is not valid Unicode text"))
@@ -154,7 +141,7 @@ def _prompt(value: object, path: str, problems: list[Problem], openai: bool,
         if not value.strip():
             problems.append((path, "empty_prompt", f"{path} is {'empty' if not value else 'blank'}"))
             return []
-        if _bad_unicode(value):
+        if has_lone_surrogate(value):
             problems.append((path, "invalid_unicode", f"{path} contains an unpaired surrogate "
                                                       "escape, which is not valid Unicode text"))
             return []
@@ -206,7 +193,7 @@ def _completion(obj: dict, key: str, side: str, problems: list[Problem], openai:
             problems.append((key, "empty_completion",
                              f"{key} is {'empty' if not value else 'blank'}"))
             return None
-        if _bad_unicode(value):
+        if has_lone_surrogate(value):
             problems.append((key, "invalid_unicode", f"{key} contains an unpaired surrogate "
                                                      "escape, which is not valid Unicode text"))
             return None

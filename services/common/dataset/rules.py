@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from services.common.dataset.formats import detect_row_format
+from services.common.dataset.formats import detect_row_format, has_lone_surrogate
 
 
 def _type_name(value: object) -> str:
@@ -30,14 +30,6 @@ def _quote(value: str, limit: int = 40) -> str:
     if len(text) > limit:
         text = text[: limit - 4] + '..."'
     return text
-
-
-def _has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def explain_row(obj: object) -> list[tuple[str, str, str]]:
@@ -105,7 +97,7 @@ def explain_row(obj: object) -> list[tuple[str, str, str]]:
             elif not content.strip():
                 what = "empty" if not content else "blank (only whitespace)"
                 problems.append((f"{path}.content", "empty_content", f"{path}.content is {what}"))
-            elif _has_lone_surrogate(content):
+            elif has_lone_surrogate(content):
                 problems.append((f"{path}.content", "invalid_unicode",
                                  f"{path}.content contains an unpaired surrogate escape "
                                  f"(\\ud800-\\udfff), which is not valid Unicode text"))
