@@ -2,7 +2,12 @@
 
 Every generation goes through `services.common.blocking` (run_admitted / stream_admitted):
 admitted first (RESOURCE_EXHAUSTED at once when full), then run in a worker thread that loads
-the model and generates, freeing its slot when the generation really ends. A client that
+the model and generates, freeing its slots when the generation really ends.
+
+Admission counts sequences (rows of the running batch), not requests: Chat and ChatStream take
+`n` slots of `inference.max_concurrent` (one per choice), Batch takes min(len(prompts),
+inference.batch_size) (the rows it can have in the batch at once). A weight above
+max_concurrent is clamped to it, so such a request runs alone rather than being refused. A client that
 cancels, goes away or whose deadline passes stops its generation within one decoding step.
 """
 
@@ -83,7 +88,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, config: Config, registry: ModelRegistry | None = None):
         self.config = config
         self.registry = registry or ModelRegistry(config)
-        self.limiter = limiter_from_config(config, "inference", what="generations", max_concurrent=16, max_queue=8)
+        self.limiter = limiter_from_config(config, "inference", what="sequences", max_concurrent=16, max_queue=8)
         self.cap = int(config.get("inference.max_new_tokens_cap", 2048))
         # Applied where a request enters (services.common.server): defaults held to the cap.
         self.default_limits = {t.DESCRIPTOR.full_name: {"max_tokens": self.cap} for t in (pb.ChatRequest, pb.BatchRequest)}
@@ -155,7 +160,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         done = await run_admitted(self.limiter, self._generate, source, control, engine.chat, messages, params,
                                   enable_thinking=request.enable_thinking, tools=tools, n=request.n,
                                   max_rows=self.batch_size, stop=None, cancel=control.cancel,
-                                  timeout=control.remaining(), context=context)
+                                  timeout=control.remaining(), context=context, weight=max(1, request.n))
         choices = done if isinstance(done, list) else [done]
         first = choices[0]
         return pb.ChatResponse(
@@ -173,7 +178,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         async with stream_admitted(self.limiter, self._generate, source, control, engine.chat, messages, params,
                                    enable_thinking=request.enable_thinking, tools=tools, n=request.n,
                                    max_rows=self.batch_size, progress="on_event", stop=None,
-                                   cancel=control.cancel, timeout=control.remaining(), context=context) as call:
+                                   cancel=control.cancel, timeout=control.remaining(), context=context,
+                                   weight=max(1, request.n)) as call:
             several = request.n > 1
             async for event in call:
                 yield pb.ChatStreamResponse(token=event.text, index=event.index if several else None,
@@ -206,7 +212,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         control = self._control(context)
         done = await run_admitted(self.limiter, self._generate, source, control, engine.batch, prompts, params,
                                   batch_size=self.batch_size, stop=None, cancel=control.cancel,
-                                  timeout=control.remaining(), context=context)
+                                  timeout=control.remaining(), context=context,
+                                  weight=min(len(prompts), self.batch_size))
         prompt_tokens = sum(c.prompt_tokens for c in done)
         completion_tokens = sum(c.completion_tokens for c in done)
         return pb.BatchResponse(
