@@ -2,13 +2,13 @@
 
 Every generation goes through `services.common.blocking` (run_admitted / stream_admitted):
 admitted first (RESOURCE_EXHAUSTED at once when full), then run in a worker thread that loads
-the model and generates, freeing its slots when the generation really ends.
+the model and generates, freeing its slots when the generation really ends. A client that
+cancels, goes away or whose deadline passes stops its generation within one decoding step.
 
 Admission counts sequences (rows of the running batch), not requests: Chat and ChatStream take
 `n` slots of `inference.max_concurrent` (one per choice), Batch takes min(len(prompts),
 inference.batch_size) (the rows it can have in the batch at once). A weight above
-max_concurrent is clamped to it, so such a request runs alone rather than being refused. A client that
-cancels, goes away or whose deadline passes stops its generation within one decoding step.
+max_concurrent is clamped to it, so such a request runs alone rather than being refused.
 """
 
 from __future__ import annotations
