@@ -26,10 +26,12 @@ from typing import Any
 from services.common.config import Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, PermissionDenied
 from services.common.modeling import resolve_model_source
+from services.common.proto_defaults import field_default
 from services.common.paths import resolve_allowed_path
 from services.train import checkpoints
 from services.train.settings import TrainingSettings
 from services.train.store import OutputInUse, TaskStore, run_dir
+from wintrain.train.v1 import train_pb2
 
 STRATEGIES = ("trl", "lora", "dpo")
 # TRL 1.16's DPO losses (DPOConfig.loss_type; a test checks each against the installed TRL).
@@ -79,9 +81,45 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Settings only one objective reads. The interceptor fills every proto default, so a setting
+# is refused for the other objective only when its value differs from that default (read from
+# the descriptor, not restated here).
+DPO_ONLY = ("beta", "loss_type", "max_prompt_length")
+# group_by_length groups by `input_ids` length; DPO's tokenized pairs have none (transformers'
+# LengthGroupedSampler raises at the first step).
+SFT_ONLY = ("group_by_length",)
+
+
+def check_objective_settings(strategy: str, s: TrainingSettings) -> list[tuple[str, str]]:
+    """The settings of the other objective that the client changed from their defaults."""
+    fields = train_pb2.TrainingConfig.DESCRIPTOR.fields_by_name
+    others, applies = (SFT_ONLY, "strategies trl and lora only") if strategy == "dpo" else \
+        (DPO_ONLY, "strategy dpo only")
+    bad = []
+    for name in others:
+        value, default = getattr(s, name), field_default(fields[name])
+        if value is not None and value != default:
+            bad.append((f"config.{name}", f"applies to {applies}; leave it at its default "
+                                          f"({json.dumps(default)}) for strategy {strategy}, got {value!r}"))
+    return bad
+
+
+def evaluation_interval(s: TrainingSettings) -> int:
+    """Steps between evaluations on the eval dataset: eval_steps if the client set it; else, with
+    early stopping, save_steps (every checkpoint is evaluated, so the best one can be kept);
+    else logging_steps."""
+    if s.eval_steps is not None:
+        return s.eval_steps
+    if s.early_stopping_patience is not None and s.save_steps >= 1:
+        return s.save_steps
+    return s.logging_steps
+
+
 def check_early_stopping(s: TrainingSettings, has_eval: bool) -> list[tuple[str, str]]:
     """Early stopping watches eval_loss at each evaluation and keeps the best checkpoint: it needs
-    an eval dataset, and a checkpoint saved at evaluation steps (save_steps a multiple of them)."""
+    an eval dataset, and a checkpoint saved at evaluation steps (save_steps a multiple of them).
+    Without eval_steps, evaluations follow save_steps (`evaluation_interval`), so patience alone
+    works with the default save_steps."""
     patience, threshold = s.early_stopping_patience, s.early_stopping_threshold
     if patience is None:
         if threshold is not None:
@@ -95,11 +133,14 @@ def check_early_stopping(s: TrainingSettings, has_eval: bool) -> list[tuple[str,
                     "needs eval_dataset_path: early stopping watches the eval_loss of an eval dataset"))
     if threshold is not None and not (_finite(threshold) and threshold >= 0):
         bad.append(("config.early_stopping_threshold", f"must be a finite number >= 0, got {threshold}"))
-    every = s.eval_steps or s.logging_steps
-    if has_eval and every >= 1 and (s.save_steps < 1 or s.save_steps % every):
-        bad.append(("config.save_steps", f"must be a multiple of the evaluation interval ({every}, eval_steps or "
-                                         f"logging_steps) with early_stopping_patience, so that every checkpoint "
-                                         f"has an eval_loss; got {s.save_steps}"))
+    every = evaluation_interval(s)
+    if has_eval and s.save_steps < 1:
+        bad.append(("config.save_steps", "must be >= 1 with early_stopping_patience: the best checkpoint is kept "
+                                         "as the output, so there must be checkpoints; got 0"))
+    elif has_eval and every >= 1 and s.save_steps % every:
+        bad.append(("config.save_steps", f"must be a multiple of eval_steps ({every}) with early_stopping_patience, "
+                                         f"so that every checkpoint has an eval_loss (or leave eval_steps unset: "
+                                         f"then every checkpoint is evaluated); got {s.save_steps}"))
     return bad
 
 
@@ -147,6 +188,7 @@ def check_numbers(strategy: str, s: TrainingSettings, config: Config, *,
         mpl = s.max_prompt_length
         need("max_prompt_length", 1 <= mpl < ml,
              f"must be >= 1 and less than max_length ({ml}), which bounds prompt and answer together, got {mpl}")
+    bad.extend(check_objective_settings(strategy, s))
     bad.extend(check_early_stopping(s, has_eval))
     lc = s.lora_config
     if lc is not None and strategy == "trl":

@@ -18,6 +18,7 @@ from pathlib import Path
 from services.common.config import Config
 from services.train import checkpoints
 from services.train.plots import dedupe_log, plot_losses, read_log
+from services.train.preflight import evaluation_interval
 from services.train.progress import ProgressCallback, StopControl, is_main_process
 from services.train.settings import TrainingSettings
 from services.train.store import TaskStore
@@ -141,11 +142,12 @@ def trainer_arguments(spec: RunSpec, device: str) -> dict:
         save_total_limit=s.save_total_limit,
         save_safetensors=True,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=(s.eval_steps or s.logging_steps) if has_eval else None,
+        eval_steps=evaluation_interval(s) if has_eval else None,
         # save_total_limit keeps the checkpoint with the best eval loss as well as the latest
         # ones (the Trainer's rotation spares state.best_model_checkpoint). The final output is
         # the last step's model, except with early stopping (pre-flight checked an eval dataset
-        # and save_steps a multiple of the eval steps): then the best one is loaded at the end.
+        # and save_steps a multiple of the eval steps; without eval_steps every checkpoint is
+        # evaluated, see evaluation_interval): then the best one is loaded at the end.
         metric_for_best_model="eval_loss" if has_eval else None,
         greater_is_better=False if has_eval else None,
         load_best_model_at_end=early,

@@ -6,6 +6,7 @@ does."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -50,6 +51,32 @@ def test_dpo_numbers_are_checked_before_anything_is_queued(stub, datasets_dir):
         assert fields(failure(dpo, stub, beta=beta)) == {"config.beta"}
     assert fields(failure(dpo, stub, max_length=64, max_prompt_length=100)) == {"config.max_prompt_length"}
     assert_nothing_stored(stub)
+
+
+def test_settings_of_the_other_objective_are_refused_not_ignored(stub, datasets_dir):
+    # DPO's settings on an SFT task (the interceptor fills the proto defaults, so only a value
+    # other than the default is the client's)
+    for strategy, lora in ((train_pb2.STRATEGY_TRL, None), (train_pb2.STRATEGY_LORA, LORA)):
+        f = failure(start, stub, strategy=strategy, lora=lora, beta=0.5, loss_type="ipo", max_prompt_length=64)
+        assert f.code == "INVALID_ARGUMENT"
+        assert fields(f) == {"config.beta", "config.loss_type", "config.max_prompt_length"}
+        assert "applies to strategy dpo only" in f.message
+    # ...and group_by_length on a DPO task (its pairs have no input_ids to group by)
+    f = failure(dpo, stub, lora=LORA, group_by_length=True)
+    assert fields(f) == {"config.group_by_length"} and "strategies trl and lora only" in f.message
+    assert_nothing_stored(stub)
+
+
+def test_settings_of_the_other_objective_at_their_defaults_pass_preflight():
+    from services.common.proto_defaults import field_default
+    from services.train.preflight import DPO_ONLY, SFT_ONLY, check_objective_settings
+    from services.train.settings import TrainingSettings
+
+    d = TrainingSettings.defaults()
+    fds = train_pb2.TrainingConfig.DESCRIPTOR.fields_by_name
+    assert all(getattr(d, n) == field_default(fds[n]) for n in DPO_ONLY + SFT_ONLY)
+    assert check_objective_settings("trl", d) == check_objective_settings("dpo", d) == []
+    assert check_objective_settings("dpo", dataclasses.replace(d, beta=0.5)) == []
 
 
 def test_a_preference_file_with_bad_rows_is_refused_with_line_numbers(stub, datasets_dir):

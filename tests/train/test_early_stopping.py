@@ -5,6 +5,7 @@ where they stopped and which checkpoint is best, and publish that checkpoint's w
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -35,11 +36,32 @@ def test_early_stopping_needs_an_eval_dataset_and_aligned_checkpoints(stub, data
     f = failure(start, stub, strategy=train_pb2.STRATEGY_LORA, early_stopping_patience=2, eval_steps=4,
                 save_steps=6, eval_dataset="datasets/train_sample.jsonl")
     assert fields(f) == {"config.save_steps"} and "multiple" in f.message
-    # the defaults (save_steps 50, evaluations every logging_steps 20) do not line up either
-    f = failure(start, stub, strategy=train_pb2.STRATEGY_LORA, early_stopping_patience=2,
+    # early stopping keeps the best checkpoint: without checkpoints (save_steps 0) it cannot
+    f = failure(start, stub, strategy=train_pb2.STRATEGY_LORA, early_stopping_patience=2, save_steps=0,
                 eval_dataset="datasets/train_sample.jsonl")
-    assert fields(f) == {"config.save_steps"}
+    assert fields(f) == {"config.save_steps"} and "checkpoints" in f.message
     assert_nothing_stored(stub)
+
+
+def test_patience_alone_is_accepted_with_the_default_checkpoints(stub, datasets_dir):
+    # no eval_steps: every checkpoint (save_steps, default 50) is evaluated, so nothing else to set
+    resp = start(stub, strategy=train_pb2.STRATEGY_LORA, output="out/patience-only", early_stopping_patience=2,
+                 eval_dataset="datasets/train_sample.jsonl")
+    assert resp.task_id
+    stub.CancelTraining(train_pb2.CancelTrainingRequest(task_id=resp.task_id), timeout=10)
+    task = wait_terminal(stub, resp.task_id, timeout=120)
+    assert task.status == train_pb2.TASK_STATUS_CANCELLED
+
+
+def test_without_eval_steps_evaluations_follow_save_steps():
+    from services.train.preflight import evaluation_interval
+    from services.train.settings import TrainingSettings
+
+    d = TrainingSettings.defaults()
+    assert evaluation_interval(d) == d.logging_steps  # no early stopping: every logging_steps
+    patient = dataclasses.replace(d, early_stopping_patience=2)
+    assert evaluation_interval(patient) == d.save_steps != d.logging_steps
+    assert evaluation_interval(dataclasses.replace(patient, eval_steps=5)) == 5
 
 
 def _adapter_tensors(folder):
@@ -83,3 +105,20 @@ def test_sft_and_dpo_stop_early_and_publish_the_best_checkpoint(stub, datasets_d
                 max_prompt_length=48, **EARLY)
     _check_stopped_at_best(stub, workspace, sft.task_id, "out/early-sft")
     _check_stopped_at_best(stub, workspace, dpo.task_id, "out/early-dpo")
+
+
+@pytest.mark.slow
+def test_patience_without_eval_steps_evaluates_every_checkpoint(stub, datasets_dir, workspace):
+    # eval_steps unset (logging every step): evaluations come at each checkpoint (2, 4), and with
+    # patience 1 and a threshold no improvement reaches, the run stops at the second one
+    run = {k: v for k, v in EARLY.items() if k != "eval_steps"}
+    resp = start(stub, strategy=train_pb2.STRATEGY_LORA, output="out/early-follow", lora=LORA,
+                 dataset="datasets/qa_facts.jsonl", eval_dataset="datasets/train_sample.jsonl",
+                 **{**run, "early_stopping_patience": 1})
+    task = wait_terminal(stub, resp.task_id, timeout=400)
+    assert task.status == train_pb2.TASK_STATUS_COMPLETED, task.error_message
+    assert task.current_step == 4 < task.total_steps == 40, task.message
+    assert "stopped early at step 4 of 40" in task.message
+    evals = sorted(e.current_step for e in watch(stub, resp.task_id, replay=True)
+                   if e.kind == train_pb2.EVENT_KIND_EVAL)
+    assert evals == [2, 4]
