@@ -157,9 +157,11 @@ def create_app(config: Config, hooks: RequestHooks | None = None, specs: list[Ro
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         log.info("gateway routes", extra={"routes": len(gateway.specs),
                                           "backends": ",".join(f"{k}={v}" for k, v in gateway.backends.addresses.items())})
+        gateway.openai_ft.resume_pending()  # jobs a restart left in validating_files (issue 19)
         try:
             yield
         finally:
+            gateway.openai_ft.stop()  # an unfinished validation is taken up again at the next start
             await gateway.backends.close()
 
     routes = [

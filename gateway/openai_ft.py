@@ -26,17 +26,28 @@ Mapping (documented in the README):
 - `fine_tuned_model`: `ft:<model>:<suffix>:<job id>` (`ft:<model>:<job id>` without a
   suffix); a checkpoint is `<that>:ckpt-step-<N>`. Both are model ids of
   `/v1/chat/completions` and `/v1/models` (a model source of `gateway.openai_compat`).
-- A training or validation file that pre-flight refuses makes a job that is `failed` at once
-  with `error: {code: invalid_training_file | invalid_validation_file, message, param}`; the
-  message names the line and the field. Pre-flight runs inside the create call, so a job is
-  never seen in `validating_files`.
+- validating_files: the create call checks the request (body, file ids, purposes) and
+  answers at once with a job in `validating_files` (id `ftjob-<uuid>`, the task id is in
+  `wintrain.task_id` once started). In the background the data service's ValidateDataset
+  reads the training (then the validation) file -- the training copy of an upload, whose line
+  numbers are the upload's -- and then StartTraining runs (its pre-flight as for
+  `/api/train/start`) and the job is `queued`. A file either refuses makes the job `failed`
+  with `error: {code: invalid_training_file | invalid_validation_file, message, param}`, the
+  message naming the line and the field; a setting the pre-flight refuses fails it with
+  `error.code` `invalid_request` and `param` the OpenAI field. Cancel during validation
+  cancels the job (no task is ever started). Each transition rewrites the job's record
+  atomically; a job found in `validating_files` when the gateway starts is validated again
+  and started (its StartTraining request is in its record). Without a data service the
+  train pre-flight alone checks the rows.
 - result_files: a CSV (step, train_loss, train_accuracy, valid_loss,
   valid_mean_token_accuracy) written into the Files store when the job has succeeded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import re
 import time
@@ -55,9 +66,13 @@ from gateway.openai_files import (FileStore, atomic_write, invalid, limit_of, no
                                   openai_words, page)
 from gateway.openai_protocol import RequestInvalid, parse_job_create
 from gateway.transcoder import Transcoder, parse_json_object, read_body, request_id_of
+from wintrain.data.v1 import data_pb2
 from wintrain.train.v1 import train_pb2
 
+log = logging.getLogger(__name__)
+
 TRAIN = "wintrain.train.v1.TrainService"
+VALIDATE = "wintrain.data.v1.DataService.ValidateDataset"
 JOB_PREFIX = "ftjob-"
 JOB_ID = re.compile(r"^ftjob-[0-9a-f-]{1,64}$")
 STATUS = {"pending": "queued", "running": "running", "completed": "succeeded", "failed": "failed",
@@ -159,6 +174,10 @@ class OpenAIFineTuning:
         self.index = JobIndex(self.workspace)
         self.default_aliases = default_aliases
         self.base_name = transcoder.config.base_model_path.name
+        # Jobs in `validating_files`: their background validation, and a lock per job that
+        # orders its transitions (validation's end, the start, a cancel).
+        self.background: dict[str, asyncio.Task] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
 
     # -- backend calls ----------------------------------------------------------------------
     async def call(self, method: str, message, request: Request | None = None):
@@ -367,30 +386,125 @@ class OpenAIFineTuning:
                       "validation_file": job["validation"]["id"] if job["validation"] else None,
                       "suffix": job["suffix"], "seed": seed, "metadata": job["metadata"], "method": method,
                       "hyperparameters": hp, "wintrain": {"strategy": job["strategy"], **config}}
+            record.update(id=f"{JOB_PREFIX}{uuid.uuid4()}", task_id="", status="validating_files",
+                          start=json_format.MessageToDict(message, preserving_proto_field_name=True))
+            self.index.put(record)
+            self.launch(record["id"])
+            return openai_json(await self.job_object(record, None, request))
+        except GatewayError as err:
+            return openai_error(err)
+
+    # -- validating_files, in the background ------------------------------------------------
+    def lock_of(self, job_id: str) -> asyncio.Lock:
+        return self.locks.setdefault(job_id, asyncio.Lock())
+
+    def launch(self, job_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.validate_and_start(job_id), name=f"validate {job_id}")
+        self.background[job_id] = task
+        task.add_done_callback(lambda _t: self.background.pop(job_id, None))
+
+    def resume_pending(self) -> None:
+        """At gateway start-up: a job left in `validating_files` by a restart is validated
+        again and started (its StartTraining request is in its record)."""
+        for record in self.index.all():
+            if record.get("status") == "validating_files" and not record.get("task_id"):
+                if record.get("start"):
+                    self.launch(record["id"])
+                else:
+                    self.fail(record, {"code": "interrupted", "param": None,
+                                       "message": "the gateway restarted while validating the files"})
+
+    def stop(self) -> None:
+        """At gateway shutdown: validations stop; their jobs stay in `validating_files` and
+        resume_pending takes them up at the next start."""
+        for task in list(self.background.values()):
+            task.cancel()
+
+    def fail(self, record: dict, error: dict) -> None:
+        record.update(status="failed", finished_at=int(time.time()), error=error)
+        self.index.put(record)
+
+    async def validate_file(self, record: dict, param: str) -> dict | None:
+        """The OpenAI error of the file under `param` from the data service's ValidateDataset
+        (of the training copy, whose lines are the upload's), or None when it is valid (or the
+        data service is not there: the train pre-flight reads every row too)."""
+        file_id = record[param]
+        spec = self.transcoder.by_method.get(VALIDATE)
+        if spec is None:
+            return None
+        try:
+            reply = await self.transcoder.unary(spec, data_pb2.ValidateDatasetRequest(
+                file_path=self.files.relative_path(file_id)), "")
+        except GatewayError as err:
+            if err.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "UNIMPLEMENTED"):
+                log.warning("data service unavailable; %s is checked by the train pre-flight", record["id"])
+                return None
+            return {"code": f"invalid_{param.removesuffix('_file')}_file", "param": param,
+                    "message": f"{param} {file_id}: " + openai_words(err.message)}
+        if reply.is_valid:
+            return None
+        if reply.issues:
+            issue = reply.issues[0]
+            text = issue.message or f"line {issue.line}: {issue.field} {issue.code}"
+            if f"line {issue.line}" not in text:
+                text = f"line {issue.line}: {text}"
+        else:
+            text = (reply.error_messages[0] if reply.error_messages else "the file has no rows")
+        more = f" ({reply.invalid_samples} of {reply.total_samples} rows invalid)" if reply.invalid_samples > 1 else ""
+        return {"code": f"invalid_{param.removesuffix('_file')}_file", "param": param,
+                "message": f"{param} {file_id}: " + openai_words(text) + more}
+
+    async def validate_and_start(self, job_id: str) -> None:
+        try:
+            await self._validate_and_start(job_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never leave a job in validating_files
+            log.exception("fine-tuning job %s: validation failed unexpectedly", job_id)
+            async with self.lock_of(job_id):
+                record = self.index.get(job_id)
+                if record is not None and record.get("status") == "validating_files":
+                    self.fail(record, {"code": "internal", "param": None, "message": f"validation failed: {exc}"})
+
+    async def _validate_and_start(self, job_id: str) -> None:
+        record = self.index.get(job_id)
+        if record is None or record.get("status") != "validating_files":
+            return
+        for param in ("training_file", "validation_file"):
+            if record.get(param):
+                error = await self.validate_file(record, param)
+                if error is not None:
+                    async with self.lock_of(job_id):
+                        record = self.index.get(job_id)
+                        if record is not None and record.get("status") == "validating_files":
+                            self.fail(record, error)
+                    return
+        async with self.lock_of(job_id):
+            record = self.index.get(job_id)
+            if record is None or record.get("status") != "validating_files":
+                return  # cancelled meanwhile: no task ever starts
+            message = json_format.ParseDict(record["start"], train_pb2.StartTrainingRequest())
+            kind = record["method"]["type"]
             try:
-                started = await self.call("StartTraining", message, request)
+                started = await self.call("StartTraining", message)
             except GatewayError as err:
                 fields = [f for f, _ in err.violations]
                 if err.code == "INVALID_ARGUMENT" and fields and fields[0] in ("dataset_path", "eval_dataset_path"):
                     param = self._param_of(fields[0], kind)
                     which = "training" if param == "training_file" else "validation"
-                    record.update(id=f"{JOB_PREFIX}{uuid.uuid4()}", task_id="", status="failed",
-                                  finished_at=int(time.time()),
-                                  error={"code": f"invalid_{which}_file", "param": param,
-                                         "message": f"{param} {record[param]}: " + openai_words(
-                                             err.message.removeprefix(f"{fields[0]}: ").replace(
-                                                 message.dataset_path if which == "training"
-                                                 else message.eval_dataset_path, record[param]))})
-                    self.index.put(record)
-                    return openai_json(await self.job_object(record, None, request))
-                violations = [(self._param_of(f, kind), d) for f, d in err.violations]
-                raise GatewayError(err.code, err.message, violations, err.service) from None
-            record.update(id=f"{JOB_PREFIX}{started.task_id}", task_id=started.task_id)
+                    self.fail(record, {"code": f"invalid_{which}_file", "param": param,
+                                       "message": f"{param} {record[param]}: " + openai_words(
+                                           err.message.removeprefix(f"{fields[0]}: ").replace(
+                                               message.dataset_path if which == "training"
+                                               else message.eval_dataset_path, record[param]))})
+                    return
+                param = self._param_of(fields[0], kind) if fields else None
+                text = err.violations[0][1] if err.violations else err.message
+                self.fail(record, {"code": "invalid_request" if err.code == "INVALID_ARGUMENT" else err.code.lower(),
+                                   "param": param, "message": f"{param}: {text}" if param else text})
+                return
+            record.update(task_id=started.task_id, status="queued")
             self.index.put(record)
-            task = await self.task_of(record, request)
-            return openai_json(await self.job_object(record, task, request))
-        except GatewayError as err:
-            return openai_error(err)
 
     # -- read -------------------------------------------------------------------------------
     async def retrieve(self, request: Request) -> Response:
@@ -423,6 +537,21 @@ class OpenAIFineTuning:
         try:
             record = self.record_of(request)
             if not record.get("task_id"):
+                async with self.lock_of(record["id"]):
+                    record = self.record_of(request)
+                    if record.get("status") == "validating_files" and method == "CancelTraining":
+                        record.update(status="cancelled", finished_at=int(time.time()))
+                        self.index.put(record)
+                        task = self.background.get(record["id"])
+                        if task is not None:
+                            task.cancel()
+                        return openai_json(await self.job_object(record, None, request))
+            if not record.get("task_id"):
+                if record.get("status") == "validating_files":
+                    raise conflict(f"job {record['id']} is validating its files; it cannot be {verb} yet")
+                if record.get("status") == "cancelled":
+                    raise conflict(f"job {record['id']} was cancelled while validating its files; "
+                                   f"it cannot be {verb}")
                 raise conflict(f"job {record['id']} failed validation and never ran; it cannot be {verb}")
             try:
                 await self.call(method, message_class(task_id=record["task_id"]), request)

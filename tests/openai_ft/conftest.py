@@ -4,10 +4,12 @@ inference service, behind a real gateway; the official `openai` SDK as the clien
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
 
+from services.data.server import register as register_data
 from services.inference.server import register as register_inference
 from services.train.server import register as register_train
 from tests.gateway.helpers import gateway_over
@@ -35,10 +37,24 @@ def stack(tmp_path_factory, tiny_model_dir):
         "train.max_concurrent": 2, "api.max_upload_bytes": 200_000, "inference.auto_load": False}))
     with InProcessServer(config, "train", register_train) as train, \
             InProcessServer(config, "inference", register_inference) as inference, \
-            gateway_over(config, {"train": train, "inference": inference}) as gw:
+            InProcessServer(config, "data", register_data) as data, \
+            gateway_over(config, {"train": train, "inference": inference, "data": data}) as gw:
         yield gw, ws, train
 
 
 @pytest.fixture(scope="module")
 def sdk(stack):
     return openai.OpenAI(base_url=f"{stack[0].url}/v1", api_key="x", max_retries=0, timeout=120)
+
+
+TERMINAL = {"succeeded", "failed", "cancelled", "paused"}
+
+
+def settled(sdk, job_id: str, leave=("validating_files",), timeout: float = 60):
+    """The job once its status is no longer one of `leave` (POST answers in validating_files)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = sdk.fine_tuning.jobs.retrieve(job_id)
+        if job.status not in leave or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)

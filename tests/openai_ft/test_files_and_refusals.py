@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.openai_ft.conftest import CHAT_ROWS, PREFERENCE_ROW, jsonl
+from tests.openai_ft.conftest import CHAT_ROWS, PREFERENCE_ROW, jsonl, settled
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +94,16 @@ def test_job_refusals_name_the_openai_field(sdk, chat_file):
         err = create_error(sdk, openai.BadRequestError, **kwargs)
         assert err.param == param, (kwargs, err.param, err.message)
         assert err.body["type"] == "invalid_request_error"
-    # A refusal of the train service's pre-flight is renamed to the OpenAI field too.
-    err = create_error(sdk, openai.BadRequestError, **dict(base, extra_body={"wintrain": {"max_length": -5}}))
-    assert err.param == "wintrain.max_length", err.message
-    err = create_error(sdk, openai.APIStatusError, **dict(base, model="models/nope"))
-    assert err.param == "model" and err.status_code in (400, 404), err.message
+    # A refusal of the train service's pre-flight (after validating_files) fails the job,
+    # naming the OpenAI field too.
+    job = sdk.fine_tuning.jobs.create(**dict(base, extra_body={"wintrain": {"max_length": -5}}))
+    assert job.status == "validating_files", job.status
+    job = settled(sdk, job.id)
+    assert job.status == "failed" and job.error.param == "wintrain.max_length", job.error
+    assert job.error.code == "invalid_request" and "max_length" in job.error.message, job.error
+    job = settled(sdk, sdk.fine_tuning.jobs.create(**dict(base, model="models/nope")).id)
+    assert job.status == "failed" and job.error.param == "model", job.error
+    assert job.model_extra["wintrain"]["task_id"] is None
     assert list(sdk.fine_tuning.jobs.list()) == [] or all(j.status == "failed" for j in sdk.fine_tuning.jobs.list())
 
 
@@ -106,6 +111,8 @@ def test_a_file_that_fails_validation_fails_the_job_naming_line_and_field(sdk, s
     bad_rows = CHAT_ROWS[:3] + [{"messages": [{"role": "user", "content": "only a question"}]}]
     bad = sdk.files.create(file=("bad.jsonl", jsonl(bad_rows)), purpose="fine-tune")
     job = sdk.fine_tuning.jobs.create(model="default", training_file=bad.id, metadata={"case": "invalid"})
+    assert job.status == "validating_files" and job.error is None  # the data service validates in the background
+    job = settled(sdk, job.id)
     assert job.status == "failed" and job.fine_tuned_model is None
     assert job.error.code == "invalid_training_file" and job.error.param == "training_file"
     assert "line 4" in job.error.message and bad.id in job.error.message, job.error.message
@@ -123,5 +130,5 @@ def test_a_file_that_fails_validation_fails_the_job_naming_line_and_field(sdk, s
     assert exc.value.param == "fine_tuning_job_id"
     # The preference file fails a supervised job, naming the line and the field.
     pref = sdk.files.create(file=("pref.jsonl", jsonl([PREFERENCE_ROW] * 3)), purpose="fine-tune")
-    job = sdk.fine_tuning.jobs.create(model="default", training_file=pref.id)
+    job = settled(sdk, sdk.fine_tuning.jobs.create(model="default", training_file=pref.id).id)
     assert job.status == "failed" and job.error.param == "training_file", job.error

@@ -5,6 +5,8 @@ server refuses too, naming the field."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from jsonschema.exceptions import ValidationError
@@ -79,13 +81,26 @@ def test_real_responses_validate_against_their_declared_schemas(stack, doc):
             [{"messages": [{"role": "user", "content": "a question alone"}]}]))}, data={"purpose": "fine-tune"}))
         failed = check(doc, "/v1/fine_tuning/jobs", "post", http.post("/v1/fine_tuning/jobs", json={
             "model": "default", "training_file": bad["id"], "suffix": "bad", "metadata": {"case": "schema"}}))
+        assert failed["status"] == "validating_files" and failed["error"] is None
+        jobs = "/v1/fine_tuning/jobs"
+
+        def settle(job_id: str) -> dict:
+            deadline = time.monotonic() + 60
+            while True:
+                body = check(doc, jobs + "/{job_id}", "get", http.get(f"{jobs}/{job_id}"))
+                if body["status"] != "validating_files" or time.monotonic() > deadline:
+                    return body
+                time.sleep(0.1)
+
+        failed = settle(failed["id"])
         assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_training_file"
         job = check(doc, "/v1/fine_tuning/jobs", "post", http.post("/v1/fine_tuning/jobs", json={
             "model": "default", "training_file": uploaded["id"], "seed": 7,
             "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2}}},
             "wintrain": {"max_steps": 2}}))
+        assert job["status"] == "validating_files"
+        job = settle(job["id"])
         assert job["status"] in ("queued", "running") and job["wintrain"]["task_id"]
-        jobs = "/v1/fine_tuning/jobs"
         cancelled = http.post(f"{jobs}/{job['id']}/cancel")
         assert cancelled.status_code in (200, 409)  # 409 only if it finished first
         check(doc, jobs + "/{job_id}/cancel", "post", cancelled)

@@ -13,11 +13,12 @@ import httpx
 import openai
 import pytest
 
+from services.data.server import register as register_data
 from services.inference.server import register as register_inference
 from services.train.server import register as register_train
 from services.train.webhooks import secret_key, verify
 from tests.gateway.helpers import gateway_over
-from tests.openai_ft.conftest import CHAT_ROWS, jsonl
+from tests.openai_ft.conftest import CHAT_ROWS, jsonl, settled
 from tests.support import InProcessServer, make_config
 from tests.train.conftest import train_overrides
 from tests.train.test_webhooks import Receiver
@@ -38,7 +39,8 @@ def hooked(tmp_path_factory, tiny_model_dir):
                             "events": ["fine_tuning.job.succeeded", "fine_tuning.job.cancelled"]}]}))
     with InProcessServer(config, "train", register_train) as train, \
             InProcessServer(config, "inference", register_inference) as inference, \
-            gateway_over(config, {"train": train, "inference": inference}) as gw:
+            InProcessServer(config, "data", register_data) as data, \
+            gateway_over(config, {"train": train, "inference": inference, "data": data}) as gw:
         client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0, timeout=180)
         yield client, gw, receiver
     receiver.close()
@@ -73,10 +75,12 @@ def test_sdk_lifecycle(hooked):
         method={"type": "supervised", "supervised": {"hyperparameters": {
             "batch_size": 2, "n_epochs": "auto", "learning_rate_multiplier": 5}}},
         extra_body={"wintrain": {"max_steps": 6, "save_steps": 2, "eval_steps": 2, "save_total_limit": 5, **TINY}})
-    assert job.status in ("queued", "running") and job.id.startswith("ftjob-")
+    assert job.status == "validating_files" and job.id.startswith("ftjob-")
     assert job.hyperparameters.batch_size == 2 and job.hyperparameters.n_epochs == 10  # auto: 18 rows
     assert job.hyperparameters.learning_rate_multiplier == 5
-    task_id = job.id[len("ftjob-"):]
+    job = settled(sdk, job.id)
+    assert job.status in ("queued", "running", "succeeded"), job.error
+    task_id = job.wintrain["task_id"]  # type: ignore[attr-defined]
     native = httpx.get(f"{gw.url}/api/train/status/{task_id}").json()  # the same task, natively
     native = native.get("data", native)
     assert native["task_id"] == task_id and native["strategy"] == "lora"
@@ -136,10 +140,11 @@ def test_sdk_lifecycle(hooked):
     same = dict(model="default", training_file=train.id, seed=5,
                 hyperparameters={"batch_size": 2, "n_epochs": 1, "learning_rate_multiplier": 5},
                 extra_body={"wintrain": {"max_steps": 8, "save_steps": 0, **TINY}})
-    paused = sdk.fine_tuning.jobs.create(**same, suffix="paused")
-    straight = sdk.fine_tuning.jobs.create(**same, suffix="straight")
+    # (each settled past validating_files before the next, so they start in this order)
+    paused = settled(sdk, sdk.fine_tuning.jobs.create(**same, suffix="paused").id)
+    straight = settled(sdk, sdk.fine_tuning.jobs.create(**same, suffix="straight").id)
     # 7. A fourth job waits in the queue (two run at once) and is cancelled there.
-    queued = sdk.fine_tuning.jobs.create(**same, suffix="cancelled")
+    queued = settled(sdk, sdk.fine_tuning.jobs.create(**same, suffix="cancelled").id)
     assert queued.status == "queued"
     cancelled = sdk.fine_tuning.jobs.cancel(queued.id)
     assert cancelled.status == "cancelled"
@@ -172,7 +177,7 @@ def test_sdk_lifecycle(hooked):
     assert listed == [queued.id, straight.id, paused.id, job.id]
     assert [j.id for j in sdk.fine_tuning.jobs.list(extra_query={"metadata[team]": "math"})] == [job.id]
     tasks = {t["task_id"] for t in httpx.get(f"{gw.url}/api/train/tasks").json()["data"]}
-    assert {j[len("ftjob-"):] for j in listed} <= tasks
+    assert {sdk.fine_tuning.jobs.retrieve(j).wintrain["task_id"] for j in listed} <= tasks  # type: ignore[attr-defined]
 
     # 8. Signed webhooks: succeeded (after one 500, retried) and cancelled, each verifiable.
     deadline = time.monotonic() + 60
