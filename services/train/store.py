@@ -327,8 +327,35 @@ class SqlTaskStore:
     def _notify(self, con: Any, task_id: str) -> None:
         """Tell watchers (at commit) that `task_id` has a new event; nothing by default."""
 
+    # -- per-thread connections (one per thread, per process after a fork) ------------------
+    _driver_error: type[BaseException] = Exception  # what closing a connection may raise
+
+    def _init_connections(self) -> None:
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _thread_conn(self) -> Any:
+        """This thread's connection, when it was opened in this process; else None."""
+        con = getattr(self._local, "con", None)
+        return con if con is not None and self._local.pid == os.getpid() else None
+
+    def _keep_conn(self, con: Any) -> Any:
+        """Remember `con` as this thread's connection (closed by `close`); returns it."""
+        self._local.con, self._local.pid = con, os.getpid()
+        with self._lock:
+            self._all.append(con)
+        return con
+
     def close(self) -> None:
-        raise NotImplementedError
+        with self._lock:
+            for con in self._all:
+                try:
+                    con.close()
+                except self._driver_error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
 
     async def wait_for_events(self, task_id: str, after: int, timeout: float) -> None:
         """Return when `task_id` may have events after `after`, at the latest after `timeout`
@@ -733,12 +760,12 @@ class TrainJobStore(SqlTaskStore):
     """Tasks and events in `<workspace>/jobs.db`. Safe to use from several threads (one
     connection per thread) and several processes (SQLite locking, WAL)."""
 
+    _driver_error = sqlite3.Error
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._init_connections()
         try:
             con = self._conn()
             for statement in self.schema_statements():  # idempotent; each commits itself
@@ -756,8 +783,8 @@ class TrainJobStore(SqlTaskStore):
 
     # -- connections ----------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is not None and self._local.pid == os.getpid():
+        con = self._thread_conn()
+        if con is not None:
             return con
         con = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
         con.row_factory = sqlite3.Row
@@ -765,10 +792,7 @@ class TrainJobStore(SqlTaskStore):
         # FULL: a task acknowledged to a client survives a power cut, not only a crash.
         con.execute("PRAGMA synchronous=FULL")
         con.execute("PRAGMA busy_timeout=30000")
-        self._local.con, self._local.pid = con, os.getpid()
-        with self._lock:
-            self._all.append(con)
-        return con
+        return self._keep_conn(con)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -783,16 +807,6 @@ class TrainJobStore(SqlTaskStore):
 
     def _existing_columns(self, con: sqlite3.Connection) -> set[str]:
         return {r["name"] for r in con.execute("PRAGMA table_info(tasks)").fetchall()}
-
-    def close(self) -> None:
-        with self._lock:
-            for con in self._all:
-                try:
-                    con.close()
-                except sqlite3.Error:
-                    pass
-            self._all.clear()
-        self._local = threading.local()
 
     def journal_mode(self) -> str:
         return str(self._conn().execute("PRAGMA journal_mode").fetchone()[0])

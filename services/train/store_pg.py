@@ -15,7 +15,6 @@ anyway (bounded polling, in case a notification was lost with a broken connectio
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -97,13 +96,12 @@ class PgTaskStore(SqlTaskStore):
     _events_suffix = ""
     _skip_locked = " FOR UPDATE SKIP LOCKED"
     shared = True
+    _driver_error = psycopg.Error
 
     def __init__(self, url: str):
         self.url = url
         self.where = where(url)
-        self._local = threading.local()
-        self._all: list[psycopg.Connection] = []
-        self._lock = threading.Lock()
+        self._init_connections()
         self._listener: _Listener | None = None
         try:
             with self._write() as con:  # under the lock: two services starting at once do not race
@@ -126,18 +124,15 @@ class PgTaskStore(SqlTaskStore):
         return down
 
     def _conn(self) -> psycopg.Connection:
-        con = getattr(self._local, "con", None)
-        if con is not None and self._local.pid == os.getpid() and not con.closed and not con.broken:
+        con = self._thread_conn()
+        if con is not None and not con.closed and not con.broken:
             return con
         try:
             con = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
                                   connect_timeout=CONNECT_TIMEOUT_SECONDS)
         except psycopg.OperationalError as exc:
             raise self._down(exc) from exc
-        self._local.con, self._local.pid = con, os.getpid()
-        with self._lock:
-            self._all.append(con)
-        return con
+        return self._keep_conn(con)
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection]:
@@ -168,14 +163,7 @@ class PgTaskStore(SqlTaskStore):
             self._listener.stopped.set()
             self._listener.join(5)
             self._listener = None
-        with self._lock:
-            for con in self._all:
-                try:
-                    con.close()
-                except psycopg.Error:
-                    pass
-            self._all.clear()
-        self._local = threading.local()
+        super().close()
 
     # -- watch ----------------------------------------------------------------------------
     def listener(self) -> _Listener:
