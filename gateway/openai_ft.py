@@ -1,8 +1,9 @@
 """OpenAI's fine-tuning jobs API on TrainService (issue 19): `/v1/fine_tuning/jobs`.
 
-A job is a training task: `POST /v1/fine_tuning/jobs` calls StartTraining (same pre-flight,
-worker and store as `/api/train/start`), and the job id is `ftjob-<task_id>`, so the job is
-in `/api/train/tasks`, WatchTraining, the dashboard and the CLI too. What OpenAI's job object
+A job is a training task: `POST /v1/fine_tuning/jobs` answers with a job `ftjob-<uuid>` in
+`validating_files`, and once its files are valid calls StartTraining (same pre-flight, worker
+and store as `/api/train/start`); the task id is in the record (`wintrain.task_id`), so the job
+is in `/api/train/tasks`, WatchTraining, the dashboard and the CLI too. What OpenAI's job object
 has and a task has not (model name, file ids, suffix, metadata, method and the resolved
 hyperparameters) is kept in the workspace, one JSON file per job under
 `openai/jobs/<job_id>.json`, written atomically.

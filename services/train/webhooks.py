@@ -11,7 +11,8 @@ Config:
       webhook_retry_seconds: 1.0        # backoff: 1, 2, 4, 8... seconds between tries
 
 Events: `fine_tuning.job.succeeded | failed | cancelled` (OpenAI's names; `data` is
-`{"id": "ftjob-<task_id>", "object": "fine_tuning.job", "status"}`) and the native
+`{"id": <the OpenAI job id>, "object": "fine_tuning.job", "status"}`: the job whose record in
+`<workspace>/openai/jobs` names the task, else `ftjob-<task_id>`) and the native
 `train.task.completed | failed | cancelled | paused | interrupted` (`data` is the
 TrainingTask). The body is `{"object": "event", "id", "type", "created_at", "data"}`; the
 headers `webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256 of
@@ -35,6 +36,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from services.common.config import Config, ConfigError
@@ -116,6 +118,7 @@ class WebhookDispatcher:
                  *, poll_seconds: float = 0.5):
         self.store = store
         self.subscribers = load_subscribers(config)
+        self.jobs_folder = Path(config.workspace) / "openai" / "jobs"
         self.max_attempts = max(1, int(config.get("train.webhook_max_attempts", 5) or 5))
         self.retry_seconds = float(config.get("train.webhook_retry_seconds", 1.0) or 1.0)
         self.timeout = float(config.get("train.webhook_timeout_seconds", 10.0) or 10.0)
@@ -174,10 +177,21 @@ class WebhookDispatcher:
 
         loop.call_soon_threadsafe(spawn)
 
+    def job_id(self, task_id: str) -> str:
+        """The OpenAI job (gateway.openai_ft's record) that started this task."""
+        for path in self.jobs_folder.glob("ftjob-*.json") if self.jobs_folder.is_dir() else ():
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if record.get("task_id") == task_id and isinstance(record.get("id"), str):
+                return record["id"]
+        return f"ftjob-{task_id}"
+
     def payloads(self, task) -> list[tuple[str, dict]]:
         out = [(native_event(task.status), self.task_json(task))]
         if task.status in OPENAI_EVENTS:
-            out.append((OPENAI_EVENTS[task.status], {"id": f"ftjob-{task.task_id}", "object": "fine_tuning.job",
+            out.append((OPENAI_EVENTS[task.status], {"id": self.job_id(task.task_id), "object": "fine_tuning.job",
                                                      "status": OPENAI_STATUS[task.status]}))
         return out
 
