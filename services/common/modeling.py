@@ -159,7 +159,7 @@ def load_model(
 
             model = PeftModel.from_pretrained(model, str(source.adapter_path), is_trainable=trainable)
             if merge_adapter:
-                model = model.merge_and_unload()
+                model = merge_untied(model)
         tok_dir = source.adapter_path if source.adapter_path and (source.adapter_path / "tokenizer_config.json").is_file() else source.base_path
         tokenizer = load_tokenizer(tok_dir, config)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
@@ -168,6 +168,27 @@ def load_model(
     if not trainable:
         model.eval()
     return model, tokenizer
+
+
+def merge_untied(peft_model):
+    """`merge_and_unload`, except that an adapter which changes the output head (lm_head in
+    `target_modules` or `modules_to_save`) of a base that ties lm_head to the input embeddings
+    first gets the head its own copy of the weight and `tie_word_embeddings=False`: merging into
+    the shared tensor would rewrite the input embeddings too (PEFT warns about exactly this; the
+    tiny model then answers nothing), and a tied config would drop the merged head on save."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    base = peft_model.get_base_model()
+    head = base.get_output_embeddings()
+    if getattr(base.config, "tie_word_embeddings", False) and isinstance(head, (BaseTunerLayer, ModulesToSaveWrapper)):
+        layer = head.get_base_layer() if isinstance(head, BaseTunerLayer) else head.original_module
+        embeddings = base.get_input_embeddings()
+        if embeddings is not None and layer.weight is embeddings.weight:
+            layer.weight = torch.nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+        base.config.tie_word_embeddings = False
+    return peft_model.merge_and_unload()
 
 
 def count_parameters(model) -> int:

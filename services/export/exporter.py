@@ -46,7 +46,7 @@ from services.common.errors import (
     InvalidArgument,
 )
 from services.common.fsutil import atomic_directory
-from services.common.modeling import ModelSource, load_model, load_tokenizer, resolve_model_source
+from services.common.modeling import ModelSource, load_model, load_tokenizer, merge_untied, resolve_model_source
 from services.common.paths import display_path
 from services.export import onnx_export, parity
 from services.export.parity import ParityResult
@@ -195,7 +195,7 @@ def _load_merged(spec: ExportSpec, config: Config):
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, str(adapter.adapter_path)).merge_and_unload()
+            model = merge_untied(PeftModel.from_pretrained(model, str(adapter.adapter_path)))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise FailedPrecondition(f"lora_adapter_path: cannot apply {display_path(adapter.path, config)} to "
                                      f"{display_path(source.path, config)}: {exc}",
