@@ -307,7 +307,15 @@ def check_model(model_dir: Path, strategy: str, s: TrainingSettings, config: Con
         except (OSError, ValueError, struct.error) as exc:
             raise FailedPrecondition(f"{field_name}: cannot read the weights of {model_dir}: {exc}",
                                      [(field_name, "unreadable safetensors")]) from exc
+        if model_cfg.get("tie_word_embeddings") and any(m == "embed_tokens" or m.endswith(".embed_tokens")
+                                                        for m in modules):
+            modules.add("lm_head")  # tied: the checkpoint stores the head only as embed_tokens
         targets = list(s.lora_config.target_modules)
+        saved = list(s.lora_config.modules_to_save)
+        missing_saved = missing_target_modules(saved, modules)
+        if missing_saved:
+            raise InvalidArgument.for_field("config.lora_config.modules_to_save",
+                                            f"{', '.join(missing_saved)} not found in the model")
         missing = missing_target_modules(targets, modules)
         if missing:
             short = sorted({m.rsplit(".", 1)[-1] for m in modules if not m.endswith(("norm", "embed_tokens"))})
@@ -316,7 +324,8 @@ def check_model(model_dir: Path, strategy: str, s: TrainingSettings, config: Con
                 f"{', '.join(missing)} not found in the model; it has {', '.join(short[:20])}")
         if any(t == "lm_head" or t.endswith(".lm_head") for t in targets):
             raise InvalidArgument.for_field("config.lora_config.target_modules",
-                                            "lm_head cannot carry a LoRA adapter here (TRL computes the loss from its weight)")
+                                            "lm_head cannot carry a LoRA adapter here (TRL computes the loss from its weight); "
+                                            'train it in full with modules_to_save: ["lm_head"]')
 
 
 # -- the output folder --------------------------------------------------------------------------

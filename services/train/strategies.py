@@ -80,7 +80,7 @@ def lora_config(lc: LoraSettings) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(task_type="CAUSAL_LM", r=lc.r, lora_alpha=lc.lora_alpha, target_modules=list(lc.target_modules),
-                      lora_dropout=lc.lora_dropout, bias=lc.bias)
+                      lora_dropout=lc.lora_dropout, bias=lc.bias, modules_to_save=list(lc.modules_to_save) or None)
 
 
 class DirectPreference:

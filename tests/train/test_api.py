@@ -66,6 +66,14 @@ def test_lora_settings_are_checked(stub, datasets_dir):
     f = failure(start, stub, strategy=train_pb2.STRATEGY_LORA, lora={"target_modules": ["q_proj", "qkv_fused"]})
     assert f.code == "INVALID_ARGUMENT" and fields(f) == {"config.lora_config.target_modules"}
     assert "qkv_fused" in f.message and "q_proj" in f.message  # names what the model has
+    # lm_head (tied to the embeddings in the tiny model) cannot be a LoRA target under TRL's SFT:
+    # the refusal names the setting that trains it instead
+    f = failure(start, stub, strategy=train_pb2.STRATEGY_LORA, lora={"target_modules": ["q_proj", "lm_head"]})
+    assert f.code == "INVALID_ARGUMENT" and fields(f) == {"config.lora_config.target_modules"}
+    assert "modules_to_save" in f.message
+    f = failure(start, stub, strategy=train_pb2.STRATEGY_LORA, lora={"modules_to_save": ["lm_head", "nope_head"]})
+    assert f.code == "INVALID_ARGUMENT" and fields(f) == {"config.lora_config.modules_to_save"}
+    assert "nope_head" in f.message and "lm_head" not in f.message.split("not found")[0]
     assert_nothing_stored(stub)
 
 

@@ -58,18 +58,20 @@ EVENT_KIND_CHECKPOINT: EventKind
 EVENT_KIND_WEBHOOK: EventKind
 
 class LoraConfig(_message.Message):
-    __slots__ = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias")
+    __slots__ = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias", "modules_to_save")
     R_FIELD_NUMBER: _ClassVar[int]
     LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     LORA_DROPOUT_FIELD_NUMBER: _ClassVar[int]
     BIAS_FIELD_NUMBER: _ClassVar[int]
+    MODULES_TO_SAVE_FIELD_NUMBER: _ClassVar[int]
     r: int
     lora_alpha: float
     target_modules: _containers.RepeatedScalarFieldContainer[str]
     lora_dropout: float
     bias: str
-    def __init__(self, r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., lora_dropout: _Optional[float] = ..., bias: _Optional[str] = ...) -> None: ...
+    modules_to_save: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., lora_dropout: _Optional[float] = ..., bias: _Optional[str] = ..., modules_to_save: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
     __slots__ = ("model_path", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "max_steps", "num_train_epochs", "warmup_steps", "logging_steps", "optim", "weight_decay", "lr_scheduler_type", "seed", "max_length", "resume_from_checkpoint", "lora_config", "save_steps", "save_total_limit", "eval_steps", "num_processes", "group_by_length", "beta", "loss_type", "max_prompt_length", "early_stopping_patience", "early_stopping_threshold")
