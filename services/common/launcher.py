@@ -43,6 +43,30 @@ def _http_up(url: str, root: Path | None = None) -> bool:
         return False
 
 
+def taken_ports(config: Config, services: list[str], gateway: bool) -> list[str]:
+    """One line per port this launch would bind that something else holds already (another
+    Win-Train, say), each naming its setting. Checked before anything starts: a launch that
+    cannot bind must not report another instance's services as its own."""
+    from services.common.metrics import metrics_bind_host
+    from services.common.server import BindError, check_port_free
+
+    wanted = []
+    for name in services:
+        wanted.append((str(config.get(f"services.{name}.host")), config.get(f"services.{name}.port"),
+                       f"services.{name}.port"))
+        wanted.append((metrics_bind_host(config, name), config.get(f"services.{name}.metrics_port"),
+                       f"services.{name}.metrics_port"))
+    if gateway:
+        wanted.append((str(config.get("api.host", "127.0.0.1")), config.get("api.port", 8801), "api.port"))
+    lines = []
+    for host, port, setting in wanted:
+        try:
+            check_port_free(host, port, setting)
+        except BindError as exc:
+            lines.append(str(exc))
+    return lines
+
+
 class Launcher:
     def __init__(self, config: Config, services: list[str], gateway: bool, log_dir: Path | None):
         self.config = config
@@ -141,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(services) - set(SERVICE_NAMES))
     if unknown:
         print(f"wintrain: unknown services {unknown}; known: {list(SERVICE_NAMES)}", file=sys.stderr)
+        return 2
+    taken = taken_ports(config, services, not args.no_gateway)
+    if taken:
+        for line in taken:
+            print(f"wintrain: {line}", file=sys.stderr)
+        print("wintrain: nothing started; stop what holds these ports or move them "
+              "(e.g. WINTRAIN__SERVICES__DATA__PORT=50061, WINTRAIN__API__PORT=8811)", file=sys.stderr)
         return 2
     launcher = Launcher(config, services, not args.no_gateway, args.log_dir)
 

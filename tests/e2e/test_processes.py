@@ -120,3 +120,36 @@ def _sample(text: str, name: str) -> float:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not exposed")
 
+
+
+def test_make_run_refuses_ports_another_instance_holds_before_starting_anything(tmp_path, tiny_model_dir):
+    """A second `make run` on taken ports must not report the other instance's services as its
+    own ("SERVING", "Win-Train is up"): it names every taken port's setting and starts nothing."""
+    import socket
+
+    ports = {name: free_port() for name in SERVICE_NAMES}
+    metrics_ports = {name: free_port() for name in SERVICE_NAMES}
+    api_port = free_port()
+    overrides = {f"services.{n}.port": p for n, p in ports.items()}
+    overrides.update({f"services.{n}.metrics_port": p for n, p in metrics_ports.items()})
+    overrides.update({"api.port": api_port, "storage.workspace": str(tmp_path / "ws"),
+                      "model.base_model_path": str(tiny_model_dir)})
+    held = []
+    for port in (ports["data"], metrics_ports["eval"], api_port):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        held.append(sock)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "services.common.launcher", "--timeout", "60"],
+                              cwd=REPO_ROOT, env=service_env(overrides), capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        for sock in held:
+            sock.close()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "SERVING" not in proc.stdout and "is up" not in proc.stdout, proc.stdout
+    assert f"services.data.port 127.0.0.1:{ports['data']}: address already in use" in proc.stderr, proc.stderr
+    assert f"services.eval.metrics_port 127.0.0.1:{metrics_ports['eval']}: address already in use" in proc.stderr
+    assert f"api.port 127.0.0.1:{api_port}: address already in use" in proc.stderr
+    assert "services.train.port" not in proc.stderr  # only what is taken is named
