@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.inference.registry import ModelRegistry
     from services.train.progress import StopControl
     from services.train.recipe import RunSpec, build_sft_config, run
+    from services.train.settings import TrainingSettings
 
     report: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
@@ -66,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         # 1. Training: the worker's recipe, no job store.
         spec = RunSpec(
             task_id="device-smoke", attempt=1, strategy="lora",
-            config={"max_steps": args.steps, "logging_steps": 1, "save_steps": 0, "learning_rate": 3e-3,
-                    "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "warmup_steps": 0},
+            settings=TrainingSettings.from_plain({
+                "max_steps": args.steps, "logging_steps": 1, "save_steps": 0, "learning_rate": 3e-3,
+                "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "warmup_steps": 0,
+                "lora_config": {}}),
             dataset=DATASET, output_dir=ws / "lora", model=tiny, run_dir=ws / "run",
         )
         sft = build_sft_config(spec, device)

@@ -137,9 +137,10 @@ def test_sdk_lifecycle(hooked):
         sdk.fine_tuning.jobs.cancel(job.id)
 
     # 6. Pause and resume a job; its final loss equals an uninterrupted run's.
+    steps = 40  # long enough that the pause lands before the end on a fast, quiet machine
     same = dict(model="default", training_file=train.id, seed=5,
                 hyperparameters={"batch_size": 2, "n_epochs": 1, "learning_rate_multiplier": 5},
-                extra_body={"wintrain": {"max_steps": 8, "save_steps": 0, **TINY}})
+                extra_body={"wintrain": {"max_steps": steps, "save_steps": 0, **TINY}})
     # (each settled past validating_files before the next, so they start in this order)
     paused = settled(sdk, sdk.fine_tuning.jobs.create(**same, suffix="paused").id)
     straight = settled(sdk, sdk.fine_tuning.jobs.create(**same, suffix="straight").id)
@@ -170,7 +171,7 @@ def test_sdk_lifecycle(hooked):
     reference = wait_status(sdk, straight.id, {"succeeded", "failed"})
     assert resumed.status == reference.status == "succeeded", (resumed.error, reference.error)
     (step_a, loss_a), (step_b, loss_b) = last_train_loss(sdk, paused.id), last_train_loss(sdk, straight.id)
-    assert step_a == step_b == 8 and abs(loss_a - loss_b) <= RESUME_TOLERANCE, (loss_a, loss_b)
+    assert step_a == step_b == steps and abs(loss_a - loss_b) <= RESUME_TOLERANCE, (loss_a, loss_b)
 
     # Lists: newest first, filtered by metadata; every job is a task of the native API.
     listed = [j.id for j in sdk.fine_tuning.jobs.list(limit=2)]

@@ -50,7 +50,7 @@ def parallel_stub(workspace, tiny_model_dir):
 
 def test_save_now_pause_resume_and_list(parallel_stub, datasets_dir, workspace):
     stub, server = parallel_stub
-    steps = 10
+    steps = 40  # long enough that a pause lands before the end on a fast, quiet machine
     # The reference: the same run left alone, side by side.
     ref = start(stub, output="out/ref", max_steps=steps, save_steps=0, **RUN)
     task = start(stub, output="out/paused", max_steps=steps, save_steps=0, save_total_limit=5, **RUN)
