@@ -36,6 +36,7 @@ sys.path[:0] = [str(REPO), str(REPO / "protos")]
 import grpc  # noqa: E402
 
 import services  # noqa: E402,F401
+from benchlib import stop_processes  # noqa: E402
 from wintrain.data.v1 import data_pb2, data_pb2_grpc  # noqa: E402
 
 SAMPLE = REPO / "services" / "common" / "assets" / "datasets" / "train_sample.jsonl"
@@ -281,13 +282,7 @@ def main() -> int:
             print(f"\ngoal (<= 2 ms added at p50, sequential): {goal} ({seq['added_p50_ms']:.3f} ms); "
                   f"at concurrency {args.concurrency}: {conc['added_p50_ms']:.3f} ms")
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs, 15)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -45,6 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from benchlib import stop_processes  # noqa: E402
 from tests.support import free_port, service_env, wait_for_health  # noqa: E402
 from tools.tiny_model import build_tiny_model  # noqa: E402
 
@@ -240,13 +241,7 @@ def main() -> None:
                 print(f"\none stream of {s} tokens through the gateway (HTTP SSE): {o:.3f} s; bare generate with a "
                       f"streamer: {b:.3f} s; {o / b:.2f}x (goal <= 1.15x)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, 10)
 
 
 async def _warm(port: int) -> None:
