@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,29 @@ def inference_server(config, *, loader=None):
     servicer = InferenceServicer(config, registry=registry)
     with InProcessServer(config, "inference", functools.partial(register, servicer=servicer)) as server:
         yield server, pb_grpc.InferenceServiceStub(server.channel()), servicer
+
+
+def concurrently(fns, join_seconds: float) -> list:
+    """Run the callables at once (threads, released together, each joined for up to `join_seconds`);
+    their results in order. Any exception fails the test."""
+    out: list = [None] * len(fns)
+    errors: list = []
+    gate = threading.Barrier(len(fns))
+
+    def run(i):
+        gate.wait()
+        try:
+            out[i] = fns[i]()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(join_seconds)
+    assert not errors, errors
+    return out
 
 
 def chat(content: str, **kwargs) -> pb.ChatRequest:

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from services.inference import scheduler
-from tests.inference.conftest import chat, inference_server
+from tests.inference.conftest import chat, concurrently, inference_server
 from tests.support import make_config, wait_until
 from wintrain.inference.v1 import inference_pb2 as pb
 
@@ -36,25 +36,7 @@ def _widest() -> int:
 
 
 def _concurrently(fns):
-    """Run the callables at once (threads, released together); their results in order."""
-    out: list = [None] * len(fns)
-    errors: list = []
-    gate = threading.Barrier(len(fns))
-
-    def run(i):
-        gate.wait()
-        try:
-            out[i] = fns[i]()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    return out
+    return concurrently(fns, join_seconds=120)
 
 
 def _stream_text(stub, request) -> str:
