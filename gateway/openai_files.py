@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import GatewayError, dumps, openai_error_body
-from gateway.openai_protocol import FILE_PURPOSES, UPLOAD_PURPOSES
+from gateway.openai_protocol import FILE_PURPOSES, FILES_PAGE, UPLOAD_PURPOSES, PageLimit
 
 FILE_ID = re.compile(r"^file-[A-Za-z0-9_-]{1,64}$")
 PURPOSES = FILE_PURPOSES  # declared once, with the OpenAPI shapes (gateway.openai_protocol)
@@ -207,7 +207,10 @@ def page(items: list[dict], after: str | None, limit: int, param_after: str = "a
     return out
 
 
-def limit_of(request: Request, default: int, maximum: int) -> int:
+def limit_of(request: Request, bounds: PageLimit) -> int:
+    """The request's `limit` query parameter within `bounds` (declared, for the OpenAPI document too, in
+    gateway.openai_protocol); out of them, 400 naming `limit`."""
+    default, maximum = bounds
     raw = request.query_params.get("limit")
     if raw is None:
         return default
@@ -267,7 +270,7 @@ class OpenAIFiles:
 
     async def list(self, request: Request) -> Response:
         try:
-            limit = limit_of(request, 10000, 10000)
+            limit = limit_of(request, FILES_PAGE)
             purpose = request.query_params.get("purpose")
             order = request.query_params.get("order", "desc")
             if order not in ("asc", "desc"):

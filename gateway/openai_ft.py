@@ -65,7 +65,7 @@ from starlette.routing import Route
 from gateway.errors import GatewayError
 from gateway.openai_files import (FileStore, atomic_write, invalid, limit_of, not_found, openai_error, openai_json,
                                   openai_words, page)
-from gateway.openai_protocol import RequestInvalid, parse_job_create
+from gateway.openai_protocol import CHECKPOINTS_PAGE, EVENTS_PAGE, JOBS_PAGE, RequestInvalid, parse_job_create
 from gateway.transcoder import Transcoder, parse_json_object, read_body, request_id_of
 from wintrain.data.v1 import data_pb2
 from wintrain.train.v1 import train_pb2
@@ -517,7 +517,7 @@ class OpenAIFineTuning:
 
     async def list(self, request: Request) -> Response:
         try:
-            limit = limit_of(request, 20, 100)
+            limit = limit_of(request, JOBS_PAGE)
             wanted = {}
             for key, value in request.query_params.multi_items():
                 m = re.fullmatch(r"metadata\[(.+)\]", key)
@@ -624,7 +624,7 @@ class OpenAIFineTuning:
     async def events(self, request: Request) -> Response:
         try:
             record = self.record_of(request)
-            limit = limit_of(request, 20, 1000)
+            limit = limit_of(request, EVENTS_PAGE)
             stored = await self.stored_events(record["task_id"], request) if record.get("task_id") else []
             items = list(reversed(self.openai_events(record, stored)))
             return openai_json(page(items, request.query_params.get("after"), limit))
@@ -655,7 +655,7 @@ class OpenAIFineTuning:
     async def checkpoints(self, request: Request) -> Response:
         try:
             record = self.record_of(request)
-            limit = limit_of(request, 10, 100)
+            limit = limit_of(request, CHECKPOINTS_PAGE)
             found = await self.task_checkpoints(record, request)
             items = [self.checkpoint_object(record, c) for c in reversed(found)]
             return openai_json(page(items, request.query_params.get("after"), limit))

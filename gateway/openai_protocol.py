@@ -6,7 +6,7 @@ request mapping in `gateway.openai_compat` reads its pass-through fields from th
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -250,6 +250,18 @@ MODELS = (ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, ModelCard,
 FILE_PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "user_data", "vision", "evals")
 UPLOAD_PURPOSES = tuple(p for p in FILE_PURPOSES if p != "fine-tune-results")
 JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused")
+
+
+class PageLimit(NamedTuple):
+    """A list's `limit` query parameter: its default and its largest value (the least is 1)."""
+    default: int
+    maximum: int
+
+
+FILES_PAGE = PageLimit(10000, 10000)  # GET /v1/files
+JOBS_PAGE = PageLimit(20, 100)  # GET /v1/fine_tuning/jobs
+EVENTS_PAGE = PageLimit(20, 1000)  # GET /v1/fine_tuning/jobs/{job_id}/events
+CHECKPOINTS_PAGE = PageLimit(10, 100)  # GET /v1/fine_tuning/jobs/{job_id}/checkpoints
 
 
 class FileUploadRequest(BaseModel):
@@ -601,8 +613,9 @@ def _after(what: str) -> dict:
     return _query("after", {"type": "string"}, f"The id of the last {what} of the previous page.")
 
 
-def _limit(default: int, maximum: int) -> dict:
-    return _query("limit", {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+def _limit(bounds: PageLimit) -> dict:
+    return _query("limit", {"type": "integer", "minimum": 1, "maximum": bounds.maximum,
+                            "default": bounds.default},
                   "Page size.")
 
 
@@ -636,7 +649,7 @@ def files_and_fine_tuning_paths() -> dict:
                            "schema": {"$ref": REF + "FileUploadRequest"}}}}),
             "get": op("openai_files_list", "List files", "Newest first unless `order=asc`.", "FileList", [
                 _query("purpose", {"type": "string", "enum": list(FILE_PURPOSES)}, "Only files of this purpose."),
-                _after("file"), _limit(10000, 10000),
+                _after("file"), _limit(FILES_PAGE),
                 _query("order", {"type": "string", "enum": ["asc", "desc"], "default": "desc"}, "By creation.")]),
         },
         "/v1/files/{file_id}": {
@@ -654,7 +667,7 @@ def files_and_fine_tuning_paths() -> dict:
                        "The job (`failed` at once, with `error`, when a file fails validation).", "FineTuningJob",
                        body={"required": True, "content": _json("FineTuningJobCreateRequest")}),
             "get": op("openai_ft_list", "List fine-tuning jobs", "Newest first.", "FineTuningJobList", [
-                _after("job"), _limit(20, 100),
+                _after("job"), _limit(JOBS_PAGE),
                 {"name": "metadata", "in": "query", "required": False, "style": "deepObject", "explode": True,
                  "schema": {"type": "object", "additionalProperties": {"type": "string"}},
                  "description": "`metadata[k]=v`: only jobs whose metadata has these pairs."}]),
@@ -666,9 +679,10 @@ def files_and_fine_tuning_paths() -> dict:
                                               "The job.", "FineTuningJob", control)},
         jobs + "/{job_id}/resume": {"post": op("openai_ft_resume", "Resume a paused or interrupted job",
                                                "The job.", "FineTuningJob", control)},
-        jobs + "/{job_id}/events": {"get": op("openai_ft_events", "A job's events", "Newest first.",
-                                              "FineTuningJobEventList", [job_id, _after("event"), _limit(20, 1000)])},
+        jobs + "/{job_id}/events": {"get": op(
+            "openai_ft_events", "A job's events", "Newest first.", "FineTuningJobEventList",
+            [job_id, _after("event"), _limit(EVENTS_PAGE)])},
         jobs + "/{job_id}/checkpoints": {"get": op(
             "openai_ft_checkpoints", "A job's checkpoints", "Newest first.", "FineTuningJobCheckpointList",
-            [job_id, _after("checkpoint"), _limit(10, 100)])},
+            [job_id, _after("checkpoint"), _limit(CHECKPOINTS_PAGE)])},
     }
