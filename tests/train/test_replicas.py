@@ -7,6 +7,7 @@ A cancel sent to one replica stops the worker of the other."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
@@ -55,16 +56,31 @@ def _claims(store, task_id):
     return claims, ended_before_next
 
 
+@contextlib.contextmanager
+def _two_replicas(url, workspace, tiny_model_dir, tmp_path):
+    """Replicas "a" and "b" of the train service on one job store; yields (process a, stub a, stub b).
+    On the way out, each replica still running gets SIGTERM, and is killed if not gone in 60 s."""
+    a, chan_a = _replica("a", url, workspace, tiny_model_dir, tmp_path)
+    b = None
+    try:
+        b, chan_b = _replica("b", url, workspace, tiny_model_dir, tmp_path)
+        yield a, train_pb2_grpc.TrainServiceStub(chan_a), train_pb2_grpc.TrainServiceStub(chan_b)
+    finally:
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except Exception:  # noqa: BLE001
+                    proc.kill()
+
+
 def test_two_replicas_share_the_queue_and_survive_a_kill(workspace, tiny_model_dir, datasets_dir, postgres,
                                                          tmp_path):
     from services.train.store_pg import PgTaskStore
 
     url = postgres.new_database_url()
-    a, chan_a = _replica("a", url, workspace, tiny_model_dir, tmp_path)
-    b = None
-    try:
-        b, chan_b = _replica("b", url, workspace, tiny_model_dir, tmp_path)
-        stub_a, stub_b = train_pb2_grpc.TrainServiceStub(chan_a), train_pb2_grpc.TrainServiceStub(chan_b)
+    with _two_replicas(url, workspace, tiny_model_dir, tmp_path) as (a, stub_a, stub_b):
         ids = [start(stub_a if i % 2 else stub_b, output=f"out/t{i}", **RUN).task_id for i in range(6)]
         store = PgTaskStore(url)
 
@@ -102,14 +118,6 @@ def test_two_replicas_share_the_queue_and_survive_a_kill(workspace, tiny_model_d
         assert abs(finals[victim].loss - others[0]) < 1e-4, (finals[victim].loss, others)
         assert finals[victim].current_step == RUN["max_steps"]
         store.close()
-    finally:
-        for proc in (a, b):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except Exception:  # noqa: BLE001
-                    proc.kill()
 
 
 def test_a_cancel_sent_to_one_replica_stops_the_worker_of_the_other(workspace, tiny_model_dir, datasets_dir,
@@ -117,11 +125,7 @@ def test_a_cancel_sent_to_one_replica_stops_the_worker_of_the_other(workspace, t
     from services.train.store_pg import PgTaskStore
 
     url = postgres.new_database_url()
-    a, chan_a = _replica("a", url, workspace, tiny_model_dir, tmp_path)
-    b = None
-    try:
-        b, chan_b = _replica("b", url, workspace, tiny_model_dir, tmp_path)
-        stub_a, stub_b = train_pb2_grpc.TrainServiceStub(chan_a), train_pb2_grpc.TrainServiceStub(chan_b)
+    with _two_replicas(url, workspace, tiny_model_dir, tmp_path) as (a, stub_a, stub_b):
         long = {**RUN, "max_steps": 2000, "save_steps": 0}
         task_id = start(stub_a, output="out/long", **long).task_id
         wait_for(stub_a, task_id, lambda t: t.current_step >= 1, timeout=240, what="training")
@@ -133,11 +137,3 @@ def test_a_cancel_sent_to_one_replica_stops_the_worker_of_the_other(workspace, t
         assert final.status == train_pb2.TASK_STATUS_CANCELLED, final
         assert final.current_step < 2000
         store.close()
-    finally:
-        for proc in (a, b):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except Exception:  # noqa: BLE001
-                    proc.kill()
