@@ -84,7 +84,7 @@ def _finite(value: Any) -> bool:
 # Settings only one objective reads. The interceptor fills every proto default, so a setting
 # is refused for the other objective only when its value differs from that default (read from
 # the descriptor, not restated here).
-DPO_ONLY = ("beta", "loss_type", "max_prompt_length")
+DPO_ONLY = ("beta", "loss_type", "max_prompt_length", "rpo_alpha")
 # group_by_length groups by `input_ids` length; DPO's tokenized pairs have none (transformers'
 # LengthGroupedSampler raises at the first step).
 SFT_ONLY = ("group_by_length",)
@@ -185,6 +185,8 @@ def check_numbers(strategy: str, s: TrainingSettings, config: Config, *,
     if strategy == "dpo":
         need("beta", _finite(s.beta) and s.beta > 0, f"must be a finite number > 0, got {s.beta}")
         need("loss_type", s.loss_type in DPO_LOSSES, f"must be one of {', '.join(DPO_LOSSES)}, got {s.loss_type!r}")
+        need("rpo_alpha", _finite(s.rpo_alpha) and s.rpo_alpha >= 0,
+             f"must be a finite number >= 0 (0: the preference loss alone), got {s.rpo_alpha}")
         mpl = s.max_prompt_length
         need("max_prompt_length", 1 <= mpl < ml,
              f"must be >= 1 and less than max_length ({ml}), which bounds prompt and answer together, got {mpl}")

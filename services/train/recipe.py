@@ -180,13 +180,15 @@ def build_sft_config(spec: RunSpec, device: str):
 
 
 def build_dpo_config(spec: RunSpec, device: str):
-    """DPOConfig from the task's settings: TRL's `beta` and `loss_type`; `max_length` bounds
-    prompt and completion (the prompt is first cut to `max_prompt_length`, see `dpo_trainer`)."""
+    """DPOConfig from the task's settings: TRL's `beta` and `loss_type`, with TRL's `sft` loss
+    weighted `rpo_alpha` beside it when that is > 0 (RPO); `max_length` bounds prompt and
+    completion (the prompt is first cut to `max_prompt_length`, see `dpo_trainer`)."""
     from trl import DPOConfig
 
     s = spec.settings
+    losses = {s.loss_type: 1.0, **({"sft": s.rpo_alpha} if s.rpo_alpha > 0 else {})}
     return DPOConfig(**trainer_arguments(spec, device), max_length=s.max_length, beta=s.beta,
-                     loss_type=[s.loss_type])
+                     loss_type=list(losses), loss_weights=list(losses.values()))
 
 
 def dpo_trainer(max_prompt_length: int):

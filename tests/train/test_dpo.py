@@ -50,6 +50,8 @@ def test_dpo_numbers_are_checked_before_anything_is_queued(stub, datasets_dir):
     for beta in (-0.1, float("nan"), float("inf")):
         assert fields(failure(dpo, stub, beta=beta)) == {"config.beta"}
     assert fields(failure(dpo, stub, max_length=64, max_prompt_length=100)) == {"config.max_prompt_length"}
+    for rpo_alpha in (-0.5, float("nan"), float("inf")):
+        assert fields(failure(dpo, stub, rpo_alpha=rpo_alpha)) == {"config.rpo_alpha"}
     assert_nothing_stored(stub)
 
 
@@ -57,9 +59,10 @@ def test_settings_of_the_other_objective_are_refused_not_ignored(stub, datasets_
     # DPO's settings on an SFT task (the interceptor fills the proto defaults, so only a value
     # other than the default is the client's)
     for strategy, lora in ((train_pb2.STRATEGY_TRL, None), (train_pb2.STRATEGY_LORA, LORA)):
-        f = failure(start, stub, strategy=strategy, lora=lora, beta=0.5, loss_type="ipo", max_prompt_length=64)
+        f = failure(start, stub, strategy=strategy, lora=lora, beta=0.5, loss_type="ipo", max_prompt_length=64,
+                    rpo_alpha=1.0)
         assert f.code == "INVALID_ARGUMENT"
-        assert fields(f) == {"config.beta", "config.loss_type", "config.max_prompt_length"}
+        assert fields(f) == {"config.beta", "config.loss_type", "config.max_prompt_length", "config.rpo_alpha"}
         assert "applies to strategy dpo only" in f.message
     # ...and group_by_length on a DPO task (its pairs have no input_ids to group by)
     f = failure(dpo, stub, lora=LORA, group_by_length=True)
@@ -93,6 +96,22 @@ def test_a_preference_file_with_bad_rows_is_refused_with_line_numbers(stub, data
     assert f.code == "INVALID_ARGUMENT" and fields(f) == {"dataset_path"}
     assert "line 3" in f.message and "line 7" in f.message, f.message
     assert_nothing_stored(stub)
+
+
+def test_rpo_alpha_adds_trls_sft_loss_with_its_weight(tmp_path):
+    from services.train.recipe import RunSpec, build_dpo_config
+    from services.train.settings import TrainingSettings
+
+    def dpo_config(**changes):
+        settings = dataclasses.replace(TrainingSettings.defaults(), **changes)
+        spec = RunSpec(task_id="t", attempt=1, strategy="dpo", settings=settings, dataset=tmp_path / "d",
+                       output_dir=tmp_path / "out", model=tmp_path / "m", run_dir=tmp_path / "run")
+        return build_dpo_config(spec, "cpu")
+
+    plain = dpo_config()
+    assert plain.loss_type == ["sigmoid"] and plain.loss_weights == [1.0]
+    rpo = dpo_config(loss_type="ipo", rpo_alpha=0.5)
+    assert rpo.loss_type == ["ipo", "sft"] and rpo.loss_weights == [1.0, 0.5]
 
 
 def test_known_dpo_losses_are_those_of_the_installed_trl():

@@ -74,7 +74,7 @@ class LoraConfig(_message.Message):
     def __init__(self, r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., lora_dropout: _Optional[float] = ..., bias: _Optional[str] = ..., modules_to_save: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("model_path", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "max_steps", "num_train_epochs", "warmup_steps", "logging_steps", "optim", "weight_decay", "lr_scheduler_type", "seed", "max_length", "resume_from_checkpoint", "lora_config", "save_steps", "save_total_limit", "eval_steps", "num_processes", "group_by_length", "beta", "loss_type", "max_prompt_length", "early_stopping_patience", "early_stopping_threshold")
+    __slots__ = ("model_path", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "max_steps", "num_train_epochs", "warmup_steps", "logging_steps", "optim", "weight_decay", "lr_scheduler_type", "seed", "max_length", "resume_from_checkpoint", "lora_config", "save_steps", "save_total_limit", "eval_steps", "num_processes", "group_by_length", "beta", "loss_type", "max_prompt_length", "early_stopping_patience", "early_stopping_threshold", "rpo_alpha")
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     PER_DEVICE_TRAIN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class TrainingConfig(_message.Message):
     MAX_PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RPO_ALPHA_FIELD_NUMBER: _ClassVar[int]
     model_path: str
     per_device_train_batch_size: int
     gradient_accumulation_steps: int
@@ -125,7 +126,8 @@ class TrainingConfig(_message.Message):
     max_prompt_length: int
     early_stopping_patience: int
     early_stopping_threshold: float
-    def __init__(self, model_path: _Optional[str] = ..., per_device_train_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., max_steps: _Optional[int] = ..., num_train_epochs: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., logging_steps: _Optional[int] = ..., optim: _Optional[str] = ..., weight_decay: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., seed: _Optional[int] = ..., max_length: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., lora_config: _Optional[_Union[LoraConfig, _Mapping]] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., eval_steps: _Optional[int] = ..., num_processes: _Optional[int] = ..., group_by_length: _Optional[bool] = ..., beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., max_prompt_length: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ...) -> None: ...
+    rpo_alpha: float
+    def __init__(self, model_path: _Optional[str] = ..., per_device_train_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., max_steps: _Optional[int] = ..., num_train_epochs: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., logging_steps: _Optional[int] = ..., optim: _Optional[str] = ..., weight_decay: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., seed: _Optional[int] = ..., max_length: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., lora_config: _Optional[_Union[LoraConfig, _Mapping]] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., eval_steps: _Optional[int] = ..., num_processes: _Optional[int] = ..., group_by_length: _Optional[bool] = ..., beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., max_prompt_length: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., rpo_alpha: _Optional[float] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ("strategy", "dataset_path", "output_dir", "config", "eval_dataset_path")
