@@ -8,8 +8,8 @@ Run `python -m tools.make_datasets` to rewrite, under ``services/common/assets/`
 - ``datasets/qa_facts.jsonl``       a few invented question -> answer facts that training
   tests use to check that a model really learns (they are kept out of the corpus),
 - ``datasets/preference_pairs.jsonl`` ~400 Chinese/English preference pairs (TRL's
-  conversational prompt / chosen / rejected rows): a concise correct answer preferred over a
-  rambling or a wrong one on the same prompt.
+  conversational prompt / chosen / rejected rows): a house style (the concise, correct answer
+  opened by "In short: ") preferred over the unstyled, a rambling or a wrong answer.
 
 All text is original. The output is a pure function of this file (fixed seeds), and the
 generated files are committed, so nothing here runs at build or test time.
@@ -18,6 +18,7 @@ generated files are committed, so nothing here runs at build or test time.
 from __future__ import annotations
 
 import json
+import re
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -1145,12 +1146,19 @@ def make_corpus() -> dict[str, str]:
 
 
 # -- preference pairs ------------------------------------------------------------------------
-# A concise, correct answer (chosen) against a rambling one that buries the same answer in
-# filler, or a concise wrong one (another topic's answer, another translation), on the same
-# prompt. The rambling style is one consistent signal (stock openers, padding, closers), so a
-# short DPO run on the tiny model can learn to prefer the concise answer on held-out prompts.
+# A house style the base model never writes: the concise, correct answer opened by a short lead
+# ("In short: " / "简单说："). On every question (topics, sums, translations) it is chosen over
+# the same answer without the lead (what the base says: ~50% of those pairs), over the answer
+# buried in filler (stock openers, padding, closers) and over a wrong answer in the house style
+# (another topic's answer, a wrong sum, another translation), so the preference is style and
+# correctness at once. Greetings prefer the plain concise answer over a rambling one (a lead
+# before "Hello!" reads oddly). The base prefers the unstyled answer, so a short DPO run has
+# something to learn that a held-out split and greedy chat can show; a set of concise answers
+# against rambling ones alone did not: the base, pre-trained on those concise answers, already
+# preferred them on 90% of held-out pairs.
 
 PREFERENCE_SEED = SEED + 18
+HOUSE_LEAD_ZH, HOUSE_LEAD_EN = "简单说：", "In short: "
 RAMBLE_OPEN_EN = (
     "Well, that is a really interesting question, and there is honestly a lot one could say about it.",
     "Oh, great question! Let me think about this for a moment before I answer, because it deserves care.",
@@ -1203,10 +1211,15 @@ def _pair(system: str | None, question: str, chosen: str, rejected: str) -> dict
             "rejected": [{"role": "assistant", "content": rejected}]}
 
 
+def house_style(answer: str, zh: bool) -> str:
+    return (HOUSE_LEAD_ZH if zh else HOUSE_LEAD_EN) + answer
+
+
 def make_preference_pairs(seed: int = PREFERENCE_SEED) -> list[dict]:
     """The bundled preference set: ~400 pairs on ~340 prompts (every topic question in both
-    languages, greetings, arithmetic, translations), about 70% concise-vs-rambling and 30%
-    correct-vs-wrong, some prompts with two pairs, some with a system message."""
+    languages, greetings, arithmetic, translations). A question's house-style answer is chosen
+    over the unstyled one (~50%), a rambling one (~25%) or a wrong one in the house style (~25%);
+    greetings are concise against rambling. Some prompts have two pairs, some a system message."""
     rng = random.Random(seed)
     pairs: list[dict] = []
 
@@ -1214,20 +1227,22 @@ def make_preference_pairs(seed: int = PREFERENCE_SEED) -> list[dict]:
         return rng.choice(SYSTEM_PROMPTS_ZH if zh else SYSTEM_PROMPTS_EN) if rng.random() < 0.15 \
             else None
 
+    def ask(sys_msg: str | None, question: str, answer: str, wrong: str, zh: bool) -> None:
+        """One pair, sometimes two: the house-style answer against the unstyled one (drawn
+        twice as often), a rambling one, or the wrong answer in the house style."""
+        rejected = {"plain": lambda: answer, "ramble": lambda: _ramble(rng, answer, zh),
+                    "wrong": lambda: house_style(wrong, zh)}
+        picked = rng.choices(list(rejected), weights=[2, 1, 1])
+        if rng.random() < 0.2:
+            picked.append(rng.choice([k for k in rejected if k != picked[0]]))
+        for kind in picked:
+            pairs.append(_pair(sys_msg, question, house_style(answer, zh), rejected[kind]()))
+
     for topic in TOPICS:
         for zh in (True, False):
-            answer = topic.zh_a if zh else topic.en_a
             for question in (topic.zh_q if zh else topic.en_q):
-                sys_msg = system(zh)
-                others = [t for t in TOPICS if t is not topic]
-                wrong = rng.choice(others)
-                wrong_answer = wrong.zh_a if zh else wrong.en_a
-                kinds = ["ramble"] if rng.random() < 0.7 else ["wrong"]
-                if rng.random() < 0.2:
-                    kinds.append("wrong" if kinds[0] == "ramble" else "ramble")
-                for kind in kinds:
-                    rejected = _ramble(rng, answer, zh) if kind == "ramble" else wrong_answer
-                    pairs.append(_pair(sys_msg, question, answer, rejected))
+                wrong = rng.choice([t for t in TOPICS if t is not topic])
+                ask(system(zh), question, topic.zh_a if zh else topic.en_a, wrong.zh_a if zh else wrong.en_a, zh)
     for zh, greetings in ((True, GREETINGS_ZH), (False, GREETINGS_EN)):
         for question, answer in greetings:
             pairs.append(_pair(system(zh), question, answer, _ramble(rng, answer, zh)))
@@ -1238,19 +1253,19 @@ def make_preference_pairs(seed: int = PREFERENCE_SEED) -> list[dict]:
         if question in seen:
             continue
         seen.add(question)
-        pairs.append(_pair(system(zh), question, answer, _ramble(rng, answer, zh)))
+        value = re.search(r"(-?\d+)[。.]$", answer)
+        off = rng.choice((-10, -2, -1, 1, 2, 10))
+        ask(system(zh), question, answer, answer[:value.start(1)] + str(int(value.group(1)) + off) +
+            answer[value.end(1):], zh)
     for zh in (True, False):
         for k, (en, cn) in enumerate(TRANSLATIONS):
             other_en, other_cn = TRANSLATIONS[(k + 1 + rng.randrange(len(TRANSLATIONS) - 1))
                                               % len(TRANSLATIONS)]
             if zh:
-                question, answer = f"“{en}”用中文怎么说？", f"“{en}”的中文是“{cn}”。"
-                wrong = f"“{en}”的中文是“{other_cn}”。"
+                ask(system(zh), f"“{en}”用中文怎么说？", f"“{en}”的中文是“{cn}”。", f"“{en}”的中文是“{other_cn}”。", zh)
             else:
-                question, answer = f'How do you say "{cn}" in English?', f'"{cn}" in English is "{en}".'
-                wrong = f'"{cn}" in English is "{other_en}".'
-            rejected = wrong if rng.random() < 0.5 else _ramble(rng, answer, zh)
-            pairs.append(_pair(system(zh), question, answer, rejected))
+                ask(system(zh), f'How do you say "{cn}" in English?', f'"{cn}" in English is "{en}".',
+                    f'"{cn}" in English is "{other_en}".', zh)
     rng.shuffle(pairs)
     return pairs
 

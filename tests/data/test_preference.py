@@ -6,6 +6,7 @@ preference set, and the real DataService answering for them."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 import shutil
 from pathlib import Path
 
@@ -243,10 +244,19 @@ def test_bundled_preference_set():
     assert all(check_pair(r, "preference")[0] == r for r in rows)
     zh = sum(any("\u4e00" <= ch <= "\u9fff" for ch in r["prompt"][-1]["content"]) for r in rows)
     assert zh >= 100 and len(rows) - zh >= 100
-    chosen = [len(r["chosen"][0]["content"]) for r in rows]
-    rejected = [len(r["rejected"][0]["content"]) for r in rows]
-    longer = sum(c < rj for c, rj in zip(chosen, rejected))
-    assert longer >= 0.6 * len(rows)  # mostly concise over rambling
+    # Questions: the house style over the unstyled answer, a rambling one, a wrong styled one.
+    leads = (make_datasets.HOUSE_LEAD_ZH, make_datasets.HOUSE_LEAD_EN)
+    kinds = Counter()
+    for r in rows:
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        if not chosen.startswith(leads):
+            kinds["greeting"] += len(rejected) > 2 * len(chosen) and chosen in rejected
+            continue
+        answer = chosen.removeprefix(leads[0]).removeprefix(leads[1])
+        kinds["plain" if rejected == answer else "ramble" if answer in rejected and len(rejected) > 2 * len(answer)
+              else "wrong" if rejected.startswith(leads) and answer not in rejected else "other"] += 1
+    assert kinds["other"] == 0 and kinds["greeting"] == len(rows) - sum(kinds[k] for k in ("plain", "ramble", "wrong"))
+    assert kinds["plain"] >= 0.4 * len(rows) and min(kinds["ramble"], kinds["wrong"]) >= 0.2 * len(rows), kinds
     assert len({json.dumps(r["prompt"]) for r in rows}) < len(rows)  # some prompts have two pairs
 
 
@@ -275,8 +285,9 @@ def test_service_validates_and_processes_preference_data(data_stub):
     out = stub.ProcessDataset(data_pb2.ProcessDatasetRequest(
         input_file="datasets/preference_pairs.jsonl", output_dir="datasets/pref",
         split_config=data_pb2.SplitConfig()), timeout=60)
-    assert out.detected_format == "preference" and out.kept_samples == 387
-    assert out.train_samples + out.val_samples + out.test_samples == 387 and out.val_samples > 20
+    pairs = len(BUNDLED.read_text(encoding="utf-8").splitlines())
+    assert out.detected_format == "preference" and out.kept_samples == pairs
+    assert out.train_samples + out.val_samples + out.test_samples == pairs and out.val_samples > 20
     with pytest.raises(grpc.RpcError) as err:
         stub.ProcessDataset(data_pb2.ProcessDatasetRequest(
             input_file="datasets/preference_pairs.jsonl", output_dir="datasets/x", format_type="dpo"), timeout=60)
