@@ -251,7 +251,10 @@ def main() -> int:
     data_port, gateway_port = free_port(), free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                WINTRAIN__STORAGE__WORKSPACE=str(workspace), WINTRAIN__SERVICES__DATA__PORT=str(data_port),
-               WINTRAIN__API__PORT=str(gateway_port), WINTRAIN__INFERENCE__AUTO_LOAD="false")
+               WINTRAIN__API__PORT=str(gateway_port), WINTRAIN__INFERENCE__AUTO_LOAD="false",
+               # every concurrent caller may wait for a dataset pass (the default queue of 8
+               # refuses the rest with RESOURCE_EXHAUSTED, which is admission control, not speed)
+               WINTRAIN__DATASET__MAX_QUEUE=str(max(8, args.concurrency)))
     data_cmd = ([sys.executable, "-m", "services.data"] if real_data
                 else [sys.executable, __file__, "--stand-in", str(data_port), str(workspace)])
     procs = []
