@@ -462,10 +462,15 @@ class OpenAIFineTuning:
             raise
         except Exception as exc:  # never leave a job in validating_files
             log.exception("fine-tuning job %s: validation failed unexpectedly", job_id)
-            async with self.lock_of(job_id):
-                record = self.index.get(job_id)
-                if record is not None and record.get("status") == "validating_files":
-                    self.fail(record, {"code": "internal", "param": None, "message": f"validation failed: {exc}"})
+            await self.fail_validating(job_id, {"code": "internal", "param": None,
+                                                "message": f"validation failed: {exc}"})
+
+    async def fail_validating(self, job_id: str, error: dict) -> None:
+        """Fail the job with `error` unless it left `validating_files` meanwhile (a cancel)."""
+        async with self.lock_of(job_id):
+            record = self.index.get(job_id)
+            if record is not None and record.get("status") == "validating_files":
+                self.fail(record, error)
 
     async def _validate_and_start(self, job_id: str) -> None:
         record = self.index.get(job_id)
@@ -475,10 +480,7 @@ class OpenAIFineTuning:
             if record.get(param):
                 error = await self.validate_file(record, param)
                 if error is not None:
-                    async with self.lock_of(job_id):
-                        record = self.index.get(job_id)
-                        if record is not None and record.get("status") == "validating_files":
-                            self.fail(record, error)
+                    await self.fail_validating(job_id, error)
                     return
         async with self.lock_of(job_id):
             record = self.index.get(job_id)
