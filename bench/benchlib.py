@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -184,7 +183,9 @@ def run_job(stub, strategy: int, dataset: str, config) -> Job:
 
 def stamp(iso: str) -> float:
     """A task timestamp (UTC, `2026-01-02T03:04:05.678Z`) as seconds since the epoch."""
-    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    from services.common.timestamps import parse_iso
+
+    return parse_iso(iso)
 
 
 def print_header(title: str, args: argparse.Namespace, width: int) -> None:

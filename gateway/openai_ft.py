@@ -53,7 +53,6 @@ import math
 import re
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,7 @@ from gateway.openai_files import (FileStore, atomic_write, invalid, limit_of, no
                                   openai_words, page)
 from gateway.openai_protocol import CHECKPOINTS_PAGE, EVENTS_PAGE, JOBS_PAGE, RequestInvalid, parse_job_create
 from gateway.transcoder import Transcoder, parse_json_object, read_body, request_id_of
+from services.common.timestamps import parse_iso
 from wintrain.data.v1 import data_pb2
 from wintrain.train.v1 import train_pb2
 
@@ -91,7 +91,7 @@ def _ts(iso: str) -> int | None:
     if not iso:
         return None
     try:
-        return int(datetime.strptime(iso.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp())
+        return int(parse_iso(iso))
     except ValueError:
         return None
 

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from services.common.timestamps import iso_of
 from services.train.checkpoints import STATE_FILE, checkpoint_step, list_checkpoints
 
 SAVE, PAUSE = "save", "pause"
@@ -78,10 +79,6 @@ class CheckpointInfo:
     best: bool = False
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def _size(folder: Path) -> int:
     total = 0
     for path in folder.rglob("*"):
@@ -118,7 +115,7 @@ def checkpoint_infos(checkpoint_parent: Path) -> list[CheckpointInfo]:
         if state.get("best_model_checkpoint"):
             best_name = Path(state["best_model_checkpoint"]).name  # the latest state knows the best
         out.append(CheckpointInfo(
-            step=step, created_at=_iso(mtime), path=str(folder), size_bytes=_size(folder),
+            step=step, created_at=iso_of(mtime), path=str(folder), size_bytes=_size(folder),
             train_loss=_latest(history, step, "loss"),
             mean_token_accuracy=_latest(history, step, "mean_token_accuracy"),
             eval_loss=_latest(history, step, "eval_loss"),

@@ -38,7 +38,6 @@ import typing
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -47,6 +46,7 @@ from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 import services  # noqa: F401 - makes the generated `wintrain` package importable
 from services.common.config import ConfigError
 from services.common.errors import Unavailable
+from services.common.timestamps import now_iso  # noqa: F401 - also imported from here
 from wintrain.api.v1 import options_pb2
 from wintrain.train.v1 import train_pb2
 
@@ -123,11 +123,6 @@ WORKSPACE_MARKER = ".wintrain-job-store"
 def run_dir(workspace: Path, task_id: str) -> Path:
     """The task's own folder: checkpoints, worker.log, training_log.jsonl."""
     return Path(workspace) / "runs" / task_id
-
-
-def now_iso() -> str:
-    """UTC now as ISO-8601 with milliseconds, e.g. 2025-05-01T12:00:00.123Z."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @dataclass

@@ -22,10 +22,10 @@ import os
 import signal
 import sys
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
 from services.common import proc
+from services.common.timestamps import parse_iso
 
 log = logging.getLogger("wintrain.train.worker")
 PARENT_ENV = "WINTRAIN_WORKER_PARENT_PID"
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics["first_step_seconds"] = result.first_step_seconds
     if result.first_step_wall is not None and task.started_at:
         # Start-to-first-step latency: worker spawned (task started) -> first optimizer step done.
-        started = datetime.strptime(task.started_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-        metrics["seconds_to_first_step"] = result.first_step_wall - started.timestamp()
+        metrics["seconds_to_first_step"] = result.first_step_wall - parse_iso(task.started_at)
     where = f"; last checkpoint: {Path(result.last_checkpoint).name}" if result.last_checkpoint else ""
     if result.outcome == "completed":
         store.finish(task.task_id, COMPLETED, attempt=attempt,
